@@ -1,0 +1,193 @@
+"""The one typed configuration of a pdserve deployment.
+
+`PDServeConfig` feeds `pdserve up` (local Ray), the KubeRay manifests and the tests. Fields that belong to
+vLLM are passed through `PoolConfig.engine_args` and checked against vLLM's own argument parser when the
+engine is built (see `serving.engine_args`), so this module never has to mirror vLLM's ~200 flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Role = Literal["prefill", "decode", "colocated"]
+Mode = Literal["disaggregated", "colocated"]
+Device = Literal["cpu", "cuda"]
+
+BUILTIN_MODEL = "builtin:smollm2-135m-instruct"
+
+# Engine arguments that pdserve derives itself; setting them by hand would break the P/D pairing.
+RESERVED_ENGINE_ARGS = frozenset(
+    {"model", "served_model_name", "kv_transfer_config", "host", "port", "dtype", "max_model_len"}
+)
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(StrictModel):
+    source: str = BUILTIN_MODEL
+    """`builtin:smollm2-135m-instruct`, a local Hugging Face folder, or a hub id (where a hub is reachable)."""
+    served_name: str = "SmolLM2-135M-Instruct"
+    """The name clients pass as `model` and that `GET /v1/models` lists."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "bfloat16"
+    max_model_len: int = Field(2048, ge=16)
+
+
+class ResourcesConfig(StrictModel):
+    """Ray resources one replica asks for; on KubeRay they pin a pool to its worker group (MIG slice)."""
+
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources, e.g. `{pdserve_prefill: 1}`; the local cluster is started with enough of them."""
+
+
+class CPUConfig(StrictModel):
+    """Settings that only matter when vLLM runs on the CPU."""
+
+    threads_bind: str = "auto"
+    """VLLM_CPU_OMP_THREADS_BIND for the engine: core list such as `0` or `0-1`, or `auto`."""
+    kvcache_space_gib: float = Field(1.0, gt=0)
+    """VLLM_CPU_KVCACHE_SPACE: GiB of KV cache per replica."""
+
+
+class ReplicasConfig(StrictModel):
+    min: int = Field(1, ge=0)
+    max: int = Field(1, ge=1)
+    initial: int | None = None
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> ReplicasConfig:
+        """min <= initial <= max."""
+        initial = self.min if self.initial is None else self.initial
+        if not self.min <= initial <= self.max:
+            raise ValueError(f"replicas must satisfy min <= initial <= max, got {self.min}/{initial}/{self.max}")
+        return self
+
+
+class PoolConfig(StrictModel):
+    """One vLLM deployment: the prefill pool, the decode pool, or the single colocated pool."""
+
+    replicas: ReplicasConfig = Field(default_factory=ReplicasConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    cpu: CPUConfig = Field(default_factory=CPUConfig)
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    """Passed to vLLM as `--flag value` (snake_case keys); validated by vLLM's own parser."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment for the replica and its engine process."""
+    max_ongoing_requests: int = Field(64, ge=1)
+    """Requests Serve lets into one replica at once; the engine's scheduler batches them."""
+
+    @model_validator(mode="after")
+    def _no_reserved_engine_args(self) -> PoolConfig:
+        """Engine args that pdserve owns cannot be overridden per pool."""
+        clash = sorted(RESERVED_ENGINE_ARGS & set(self.engine_args))
+        if clash:
+            raise ValueError(f"engine_args may not set {clash}: pdserve derives them from model/kv_transfer")
+        return self
+
+
+class KVTransferConfig(StrictModel):
+    connector: Literal["NixlConnector"] = "NixlConnector"
+    buffer_device: Device = "cpu"
+    """Where NIXL registers the KV cache: `cpu` here, `cuda` on GPUs with GPUDirect-capable UCX."""
+    backends: list[str] = Field(default_factory=lambda: ["UCX"])
+    side_channel_port: int | None = Field(None, ge=1024, le=65535)
+    """NIXL handshake port; None picks a free port per replica (several replicas per host)."""
+    lease_seconds: int = Field(30, ge=1)
+    """How long a prefill replica pins KV blocks that no decode replica has pulled (vLLM `kv_lease_duration`)."""
+
+
+class RouterConfig(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    metrics_port: int = Field(8080, ge=1, le=65535)
+    """Ray's Prometheus export port on this node (`/metrics`)."""
+    prefill_timeout_s: float = Field(120.0, gt=0)
+    """Longest wait for the prefill leg (queueing included) before the request fails with 504."""
+    decode_first_token_timeout_s: float = Field(120.0, gt=0)
+    """Longest wait for the decode leg's first reply (KV pull included)."""
+    request_timeout_s: float = Field(600.0, gt=0)
+    """Longest wait for a whole non-streamed completion."""
+    num_cpus: float = Field(0.5, ge=0)
+    max_ongoing_requests: int = Field(256, ge=1)
+
+    def leg_timeout_s(self, stream: bool) -> float:
+        """A stream must start within the first-token bound; a unary reply must finish within the request bound."""
+        return self.decode_first_token_timeout_s if stream else self.request_timeout_s
+
+
+class PDServeConfig(StrictModel):
+    """A whole deployment: one model served by a router over prefill+decode pools (or one colocated pool)."""
+
+    mode: Mode = "disaggregated"
+    device: Device = "cpu"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    kv_transfer: KVTransferConfig = Field(default_factory=KVTransferConfig)
+    prefill: PoolConfig = Field(
+        default_factory=lambda: PoolConfig(
+            resources=ResourcesConfig(resources={"pdserve_prefill": 1}), cpu=CPUConfig(threads_bind="0")
+        )
+    )
+    decode: PoolConfig = Field(
+        default_factory=lambda: PoolConfig(
+            resources=ResourcesConfig(resources={"pdserve_decode": 1}), cpu=CPUConfig(threads_bind="1")
+        )
+    )
+    colocated: PoolConfig = Field(default_factory=lambda: PoolConfig(cpu=CPUConfig(threads_bind="0-1")))
+
+    @model_validator(mode="after")
+    def _kv_buffer_matches_device(self) -> PDServeConfig:
+        """A CPU engine can only register CPU memory with NIXL."""
+        if self.device == "cpu" and self.kv_transfer.buffer_device != "cpu":
+            raise ValueError("kv_transfer.buffer_device must be 'cpu' when device is 'cpu'")
+        return self
+
+    @model_validator(mode="after")
+    def _gpu_pools_ask_for_gpus(self) -> PDServeConfig:
+        """On GPUs every active pool must request a GPU (or a MIG slice of one)."""
+        if self.device == "cuda":
+            for role in self.active_roles():
+                if self.pool(role).resources.num_gpus <= 0:
+                    raise ValueError(f"{role}.resources.num_gpus must be > 0 when device is 'cuda'")
+        return self
+
+    @model_validator(mode="after")
+    def _pools_placed_apart(self) -> PDServeConfig:
+        """Prefill and decode must not ask for the same custom resources, or they could share a slice."""
+        if self.mode == "disaggregated":
+            shared = set(self.prefill.resources.resources) & set(self.decode.resources.resources)
+            if shared:
+                raise ValueError(f"prefill and decode request the same custom resources {sorted(shared)}")
+        return self
+
+    def active_roles(self) -> tuple[Role, ...]:
+        return ("prefill", "decode") if self.mode == "disaggregated" else ("colocated",)
+
+    def pool(self, role: Role) -> PoolConfig:
+        return getattr(self, role)
+
+    def with_overrides(self, **changes: Any) -> PDServeConfig:
+        """A copy with top-level or dotted (`router.port`) fields replaced, re-validated."""
+        data = self.model_dump()
+        for dotted, value in changes.items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        return PDServeConfig.model_validate(data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PDServeConfig:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        return cls.model_validate(data)

@@ -1,0 +1,149 @@
+"""`LLMServer`: one vLLM engine inside a Ray Serve replica, in the role prefill, decode or colocated.
+
+The replica runs vLLM's own OpenAI serving layer (`OpenAIServingChat`/`OpenAIServingCompletion` over an
+`AsyncLLM`), so chat templates, validation and the wire format are exactly `vllm serve`'s. It knows nothing of
+the other leg: the router decides what each leg receives (see `serving.kv`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from serving.config import PDServeConfig, Role
+from serving.engine_args import engine_arg_values, parse_vllm_args, to_cli
+from serving.kv import replica_env
+from serving.model import resolve_model
+
+log = logging.getLogger(__name__)
+
+Endpoint = Literal["chat", "completions"]
+
+
+@dataclass
+class LegReply:
+    """First (or only) item a leg returns: the status, the JSON body unless streaming, who served it."""
+
+    status: int
+    body: dict[str, Any] | None
+    replica: str
+
+
+def _lower_niceness() -> None:
+    """Ray starts workers at nice 15; an engine that should own its core must not yield it to everything."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if current > 0:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+        except PermissionError:
+            log.warning("pdserve: replica runs at nice %d and may not lower it (set RAY_worker_niceness=0)", current)
+
+
+def error_reply(replica: str, message: str, status: HTTPStatus, err_type: str, param: str | None) -> LegReply:
+    body = {"error": {"message": message, "type": err_type, "param": param, "code": int(status)}}
+    return LegReply(int(status), body, replica)
+
+
+def validation_reply(replica: str, exc: ValidationError) -> LegReply:
+    first = exc.errors()[0]
+    param = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int)) or None
+    message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+    return error_reply(replica, message, HTTPStatus.BAD_REQUEST, "BadRequestError", param)
+
+
+class LLMServer:
+    """A Serve deployment class; `serving.app` binds it once per role with `.options(name=...)`."""
+
+    async def __init__(self, config: dict[str, Any], role: Role):
+        import ray
+        from ray import serve
+        from starlette.datastructures import State
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from serving.engine_stats import EngineCounters, stat_logger_factory
+
+        self.config = PDServeConfig.model_validate(config)
+        self.role = role
+        context = serve.get_replica_context()
+        self.replica = context.replica_id.to_full_id_str()
+        _lower_niceness()
+        os.environ.update(replica_env(self.config, role, ray.util.get_node_ip_address()))
+
+        model_path = resolve_model(self.config.model.source, progress=log.info)
+        args = parse_vllm_args(to_cli(engine_arg_values(self.config, role, model_path)))
+        engine_args = AsyncEngineArgs.from_cli_args(args)
+        vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        self.counters = EngineCounters()
+        self.engine = AsyncLLM.from_vllm_config(
+            vllm_config=vllm_config,
+            usage_context=UsageContext.OPENAI_API_SERVER,
+            stat_loggers=[stat_logger_factory(self.counters)],
+            disable_log_stats=False,
+        )
+        self.state = State()
+        await init_app_state(self.engine, self.state, args, await self.engine.get_supported_tasks())
+        log.info("pdserve: %s replica %s ready (pid %d)", role, self.replica, os.getpid())
+
+    async def _create(self, endpoint: Endpoint, body: dict[str, Any]):
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+        if endpoint == "chat":
+            request = ChatCompletionRequest.model_validate(body)
+            return await self.state.openai_serving_chat.create_chat_completion(request, None)
+        request = CompletionRequest.model_validate(body)
+        return await self.state.openai_serving_completion.create_completion(request, None)
+
+    async def _reply_or_stream(self, endpoint: Endpoint, body: dict[str, Any]):
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+        try:
+            result = await self._create(endpoint, body)
+        except ValidationError as exc:
+            return validation_reply(self.replica, exc), None
+        if isinstance(result, ErrorResponse):
+            return LegReply(result.error.code, result.model_dump(), self.replica), None
+        if isinstance(result, BaseModel):
+            return LegReply(200, result.model_dump(), self.replica), None
+        return LegReply(200, None, self.replica), result
+
+    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> LegReply:
+        """A non-streaming call (the prefill leg, or a client that did not ask for a stream)."""
+        reply, stream = await self._reply_or_stream(endpoint, body)
+        if stream is not None:  # the caller asked for stream=True on a unary call
+            async for _ in stream:
+                pass
+            return error_reply(self.replica, "stream requested on a unary leg", HTTPStatus.INTERNAL_SERVER_ERROR,
+                               "InternalServerError", "stream")
+        return reply
+
+    async def generate(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[LegReply | str]:
+        """A streaming call: yields a `LegReply` first, then (when it streams) vLLM's SSE lines."""
+        reply, stream = await self._reply_or_stream(endpoint, body)
+        yield reply
+        if stream is not None:
+            async for chunk in stream:
+                yield chunk
+
+    async def models(self) -> dict[str, Any]:
+        return (await self.state.openai_serving_models.show_available_models()).model_dump()
+
+    async def stats(self) -> dict[str, Any]:
+        return {"role": self.role, "replica": self.replica, "pid": os.getpid(), **self.counters.as_dict()}
+
+    async def check_health(self) -> None:
+        await self.engine.check_health()
+
+    def __del__(self):
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
