@@ -51,6 +51,7 @@ def up(args: argparse.Namespace) -> int:
     resolve_model(config.model.source)  # convert the built-in model once, with progress, before Ray starts
     num_cpus, resources = cluster_resources(config)
     ray.init(
+        address="local",  # always a private cluster: `pdserve up` must not attach to whatever else runs here
         num_cpus=num_cpus,
         resources=resources,
         include_dashboard=False,

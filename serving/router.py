@@ -7,6 +7,7 @@ decides which pools serve it.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import uuid
 from typing import Any
@@ -26,10 +27,13 @@ REQUEST_ID_HEADER = "X-Request-Id"
 
 app = FastAPI(title="pdserve", description="OpenAI-compatible API over prefill/decode disaggregated vLLM")
 init_exception_handler(app)
+# vLLM's handlers read `app.state.args.log_error_stack` (normally `vllm serve`'s parsed arguments).
+app.state.args = argparse.Namespace(log_error_stack=False)
 
 
-def _headers(request_id: str, outcome: Outcome) -> dict[str, str]:
-    headers = {REQUEST_ID_HEADER: request_id}
+def _headers(outcome: Outcome) -> dict[str, str]:
+    # X-Request-Id itself is echoed by Serve's proxy (it honours the client's value and passes it to us).
+    headers = {}
     for role, replica in outcome.replicas.items():
         headers[f"X-PDServe-{role.capitalize()}-Replica"] = replica
     return headers
@@ -50,7 +54,7 @@ class PDRouter:
         body = request.model_dump(exclude_unset=True)
         body["request_id"] = request_id
         outcome = await self.orchestrate(endpoint, body)
-        headers = _headers(request_id, outcome)
+        headers = _headers(outcome)
         if outcome.stream is None:
             return JSONResponse(outcome.reply.body, status_code=outcome.reply.status, headers=headers)
         return StreamingResponse(outcome.stream, media_type="text/event-stream", headers=headers)

@@ -105,11 +105,14 @@ class LLMServer:
 
     async def _reply_or_stream(self, endpoint: Endpoint, body: dict[str, Any]):
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
         try:
             result = await self._create(endpoint, body)
         except ValidationError as exc:
             return validation_reply(self.replica, exc), None
+        except Exception as exc:  # vLLM raises its validation errors (VLLMValidationError & co) from here
+            result = create_error_response(exc)
         if isinstance(result, ErrorResponse):
             return LegReply(result.error.code, result.model_dump(), self.replica), None
         if isinstance(result, BaseModel):

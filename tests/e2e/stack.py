@@ -1,0 +1,103 @@
+"""Starts and stops a real `pdserve up` (Ray + Serve + vLLM + NIXL) for the end-to-end tests.
+
+The stack is the user's own command in a subprocess, so the tests also cover the CLI: its printed URLs, its
+readiness, and a clean stop on SIGINT with no process left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = float(os.environ.get("PDSERVE_TEST_STARTUP_TIMEOUT", 900))
+
+
+@dataclass
+class Stack:
+    name: str
+    port: int
+    metrics_port: int
+    log_path: Path
+    proc: subprocess.Popen
+    descendants: set[int] = field(default_factory=set)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stats(self) -> dict:
+        return httpx.get(f"{self.base_url}/pdserve/stats", timeout=30).json()
+
+
+def start(name: str, port: int, metrics_port: int, log_dir: Path, *extra: str) -> Stack:
+    log_path = log_dir / f"{name}.log"
+    cmd = [sys.executable, "-m", "serving.cli", "up", "--port", str(port), "--metrics-port", str(metrics_port), *extra]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return Stack(name, port, metrics_port, log_path, proc)
+
+
+def wait_ready(stack: Stack) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if stack.proc.poll() is not None:
+            raise RuntimeError(f"{stack.name}: pdserve up exited with {stack.proc.returncode}\n{stack.log_tail()}")
+        if "pdserve: ready" in stack.log_path.read_text(errors="replace"):
+            try:
+                if httpx.get(f"{stack.base_url}/health", timeout=10).status_code == 200:
+                    stack.descendants = {p.pid for p in psutil.Process(stack.proc.pid).children(recursive=True)}
+                    return
+            except httpx.HTTPError:
+                pass
+        time.sleep(2)
+    raise TimeoutError(f"{stack.name}: not ready after {STARTUP_TIMEOUT_S:.0f}s\n{stack.log_tail()}")
+
+
+def stop(stack: Stack, timeout_s: float = 180) -> int:
+    """SIGINT, as Ctrl-C would; returns the exit code. Kills the whole session group if it hangs."""
+    if stack.proc.poll() is None:
+        stack.proc.send_signal(signal.SIGINT)
+        try:
+            stack.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(stack.proc.pid, signal.SIGKILL)
+            stack.proc.wait(30)
+            return -9
+    return stack.proc.returncode
+
+
+def survivors(stack: Stack, grace_s: float = 30) -> list[str]:
+    """Processes started under the stack that are still alive after it stopped."""
+    deadline = time.monotonic() + grace_s
+    alive: list[psutil.Process] = []
+    while time.monotonic() < deadline:
+        alive = [p for p in map(_process, stack.descendants) if p is not None]
+        if not alive:
+            return []
+        time.sleep(1)
+    return [f"{p.pid} {' '.join(p.cmdline())[:120]}" for p in alive]
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc
+    except psutil.NoSuchProcess:
+        return None
