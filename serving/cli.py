@@ -10,6 +10,8 @@ import threading
 from collections import Counter
 
 from serving.config import PDServeConfig
+from serving.kube_cli import add_kube_parsers
+from serving.loadtest_cli import add_loadtest_parser
 
 
 def load_config(args: argparse.Namespace) -> PDServeConfig:
@@ -92,6 +94,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, help="Prometheus export port (default 8080)")
     run.add_argument("--model", help="model.source: builtin:<name>, a local HF folder or a hub id")
     run.set_defaults(func=up)
+    add_loadtest_parser(sub)
+    add_kube_parsers(sub)
     return root
 
 

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serving.deploy_config import KubernetesConfig
+
 Role = Literal["prefill", "decode", "colocated"]
 Mode = Literal["disaggregated", "colocated"]
 Device = Literal["cpu", "cuda"]
@@ -141,6 +143,8 @@ class PDServeConfig(StrictModel):
         )
     )
     colocated: PoolConfig = Field(default_factory=lambda: PoolConfig(cpu=CPUConfig(threads_bind="0-1")))
+    kubernetes: KubernetesConfig | None = None
+    """Where this profile runs on Kubernetes (`pdserve render`); `pdserve up` and the app ignore it."""
 
     @model_validator(mode="after")
     def _kv_buffer_matches_device(self) -> PDServeConfig:

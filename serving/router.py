@@ -12,12 +12,15 @@ import asyncio
 import uuid
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+from vllm.entrypoints.serve.exception_handling.handlers.http import http_exception_handler
 from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
+from vllm.entrypoints.serve.utils.api_utils import validate_json_request
 
 from serving.config import PDServeConfig
 from serving.orchestrator import ColocatedOrchestrator, DisaggregatedOrchestrator, Outcome
@@ -27,6 +30,9 @@ REQUEST_ID_HEADER = "X-Request-Id"
 
 app = FastAPI(title="pdserve", description="OpenAI-compatible API over prefill/decode disaggregated vLLM")
 init_exception_handler(app)
+# FastAPI raises Starlette's HTTPException for bodies it cannot even decode (e.g. a NUL byte); give those
+# the same OpenAI-style body as every other error.
+app.add_exception_handler(StarletteHTTPException, http_exception_handler)
 # vLLM's handlers read `app.state.args.log_error_stack` (normally `vllm serve`'s parsed arguments).
 app.state.args = argparse.Namespace(log_error_stack=False)
 
@@ -59,11 +65,11 @@ class PDRouter:
             return JSONResponse(outcome.reply.body, status_code=outcome.reply.status, headers=headers)
         return StreamingResponse(outcome.stream, media_type="text/event-stream", headers=headers)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", dependencies=[Depends(validate_json_request)])
     async def chat_completions(self, request: ChatCompletionRequest, raw_request: Request):
         return await self._serve("chat", request, raw_request)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", dependencies=[Depends(validate_json_request)])
     async def completions(self, request: CompletionRequest, raw_request: Request):
         return await self._serve("completions", request, raw_request)
 

@@ -52,6 +52,12 @@ def test_malformed_body_is_a_400(pd_stack, raw):
     assert_openai_error(response, 400, None)
 
 
+def test_wrong_content_type_is_a_400(pd_stack):
+    response = httpx.post(f"{pd_stack.api_url}/completions", content=b'{"prompt": "hi"}',
+                          headers={"content-type": "text/plain"}, timeout=60)
+    assert_openai_error(response, 400, None)
+
+
 def test_server_still_serves_and_holds_no_kv_after_bad_input(pd_stack, client):
     for name, path, body, status, param in CASES:
         httpx.post(f"{pd_stack.api_url}/{path}", json=body, timeout=120)

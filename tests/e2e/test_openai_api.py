@@ -11,7 +11,8 @@ QUESTION = [{"role": "user", "content": "Name three colours of the rainbow."}]
 
 
 def chat_prompt_tokens(tokenizer, messages) -> int:
-    return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return len(tokenizer(text, add_special_tokens=False).input_ids)
 
 
 def test_models_lists_the_served_model(client):
