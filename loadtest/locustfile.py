@@ -12,7 +12,6 @@ One Locust process only (no --processes/--master): records and report are per pr
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from loadtest import shapes  # noqa: E402
 from loadtest.options import LoadTestSettings, add_arguments  # noqa: E402
 from loadtest.run import RunContext, fire_record  # noqa: E402
 
-log = logging.getLogger("loadtest")
 DEFAULT_DURATION_S = 60.0
 DEFAULT_STOP_TIMEOUT_S = 120.0
 
@@ -51,6 +49,9 @@ def _create_run(environment, **_kwargs) -> None:
         on_record=lambda record: fire_record(environment.events.request.fire, record),
         user_count=lambda: environment.runner.user_count if environment.runner else 0,
     )
+    duration = options.run_time or (None if settings.shape == "trace" else DEFAULT_DURATION_S)
+    users = "" if settings.shape == "trace" else f"-u {options.num_users or 1}, "
+    environment.loadtest.load_note = f"({users}-t {duration:g}s)" if duration else ""
 
 
 @events.test_start.add_listener

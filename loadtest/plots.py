@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from loadtest.records import RequestRecord  # noqa: E402
 from loadtest.replicas import read_samples  # noqa: E402
@@ -62,6 +63,7 @@ def plot_timeline(path: Path, records: Sequence[RequestRecord], slo: SLO) -> Non
         users_ax = rate_ax.twinx()
         users_ax.plot(*zip(*users), ".", color="gray", markersize=3, label="users")
         users_ax.set_ylabel("users (at send)")
+        users_ax.set_ylim(0, max(u for _, u in users) * 1.1 + 0.5)
     rate_ax.set_ylabel(f"requests/s ({width:g} s bins)")
     rate_ax.legend(loc="upper left")
     rate_ax.set_title("Request rate vs latency")
@@ -90,6 +92,9 @@ def plot_replicas(path: Path, samples: Sequence[dict], records: Sequence[Request
             points = [(s["offset_s"], s["pools"][pool][kind]) for s in samples if kind in s["pools"].get(pool, {})]
             if points:
                 ax.step(*zip(*points), style, where="post", label=f"{pool} {kind}")
+    top = max((v for s in samples for counts in s["pools"].values() for v in counts.values()), default=1)
+    ax.set_ylim(0, top + 1)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("replicas")
     ax.set_xlabel("seconds since start")
     ax.legend(loc="upper left")

@@ -22,7 +22,9 @@ POOLS = {"PrefillServer": "prefill", "DecodeServer": "decode", "ColocatedServer"
 def replica_counts(text: str) -> dict[str, dict[str, float]]:
     """{pool: {"healthy": n, "target": m}} from a Prometheus text exposition."""
     counts: dict[str, dict[str, float]] = defaultdict(dict)
-    for family in text_string_to_metric_families(text):
+    # Only our two metrics: Ray's page is long, and one line the parser dislikes must not cost the samples.
+    wanted = "\n".join(line for line in text.splitlines() if HEALTHY in line or TARGET in line)
+    for family in text_string_to_metric_families(wanted):
         kind = {HEALTHY: "healthy", TARGET: "target"}.get(family.name)
         if kind is None:
             continue

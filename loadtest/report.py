@@ -4,7 +4,8 @@ Percentiles interpolate linearly between closest ranks (numpy's default): p50 of
 The run's duration is its measurement window, from the first request sent to the last one finished.
 Goodput counts the requests per second that succeeded *and* met both SLOs (TTFT <= slo_ttft and
 TPOT <= slo_tpot; a one-token answer has no TPOT and is judged by its TTFT alone).
-ITL percentiles pool every gap of every successful request.
+ITL percentiles pool every gap of every successful request. For a trace replay, the lateness of each send
+against its schedule is reported too: an open loop is only as open as the client keeps up.
 
 `python -m loadtest.report RECORDS.jsonl --slo-ttft 2 --slo-tpot 0.2 [--out DIR]` re-derives a report.
 """
@@ -85,6 +86,7 @@ class Summary:
     tpot_s: Distribution
     itl_s: Distribution
     e2e_s: Distribution
+    lateness_s: Distribution  # trace replay: send time minus scheduled time (client-side delay)
     errors: dict[str, int] = field(default_factory=dict)  # most common error messages
 
 
@@ -111,6 +113,7 @@ def summarize(records: Sequence[RequestRecord], slo: SLO, duration_s: float | No
         tpot_s=Distribution.of([r.tpot_s for r in ok if r.tpot_s is not None]),
         itl_s=Distribution.of([gap for r in ok for gap in r.itl_s]),
         e2e_s=Distribution.of([r.e2e_s for r in ok if r.e2e_s is not None]),
+        lateness_s=Distribution.of([r.offset_s - r.scheduled_s for r in records if r.scheduled_s is not None]),
         errors=dict(errors.most_common(5)),
     )
 
@@ -136,6 +139,9 @@ def render_markdown(summary: Summary, info: dict[str, str] | None = None) -> str
     ]
     for name, d in (("TTFT", s.ttft_s), ("TPOT", s.tpot_s), ("ITL", s.itl_s), ("e2e", s.e2e_s)):
         lines.append(f"| {name} | {d.count} | {_ms(d.mean)} | {_ms(d.p50)} | {_ms(d.p90)} | {_ms(d.p99)} |")
+    if s.lateness_s.count:
+        lines += ["", f"Replay: requests were sent {_ms(s.lateness_s.p50)} ms (p50), {_ms(s.lateness_s.p99)} ms (p99) "
+                      "after their scheduled time (client-side delay: a busy client CPU or --max-inflight)."]
     if s.errors:
         lines += ["", "Errors:"] + [f"- {n} x {message}" for message, n in s.errors.items()]
     return "\n".join(lines) + "\n"

@@ -9,10 +9,11 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ class RunContext:
         self.replay: list[RequestSpec] = []
         self.replay_offsets: list[float] = []
         self.replay_note = ""
+        self.load_note = ""  # the Locust options that set the load (-u, -t), for the report
         self.replay_started = self.replay_done = False
         self.greenlets: list[gevent.Greenlet] = []
         self.pool: Pool | None = None
@@ -98,6 +100,7 @@ class RunContext:
                user_count: Callable[[], int]) -> RunContext:
         if not host:
             raise SystemExit("loadtest: pass --host, e.g. --host http://127.0.0.1:8000")
+        settings = replace(settings, api_key=settings.api_key or os.environ.get("OPENAI_API_KEY"))
         http = httpx.Client(timeout=httpx.Timeout(600, connect=10),
                             limits=httpx.Limits(max_connections=max(settings.max_inflight, 64)))
         try:
@@ -139,6 +142,7 @@ class RunContext:
     # --- running ------------------------------------------------------------------------------------------
     def begin(self) -> None:
         self.t0 = self.client.run_t0 = time.perf_counter()
+        self.counters, self.records, self.greenlets = Counters(), [], []
         if self.out:
             self.writer = RecordWriter(self.out / "records.jsonl")
             if self.settings.metrics_url:
@@ -169,13 +173,13 @@ class RunContext:
         self.replay_started = True  # replayed once: a task that fails midway does not start over
         start = time.perf_counter()
         base = start - self.t0
-        for spec, at in zip(self.replay, self.replay_offsets):
-            delay = start + at - time.perf_counter()
-            if delay > 0:
-                gevent.sleep(delay)
-            scheduled = RequestSpec(**{**spec.__dict__, "scheduled_s": base + at})
-            self.pool.spawn(self.send, scheduled)  # waits while max_inflight requests are out
         try:
+            for spec, at in zip(self.replay, self.replay_offsets):
+                delay = start + at - time.perf_counter()
+                if delay > 0:
+                    gevent.sleep(delay)
+                # spawn() waits while max_inflight requests are out: the lateness shows in the records
+                self.pool.spawn(self.send, replace(spec, scheduled_s=base + at))
             self.pool.join()
         finally:
             self.replay_done = True
@@ -198,7 +202,8 @@ class RunContext:
     def info(self) -> dict[str, str]:
         s = self.settings
         prompt_count = "exact (model tokenizer)" if self.builders["chat"].exact else "estimate (1 token per word)"
-        info = {"target": f"{api_base(self.host)} model {self.model!r}", "shape": s.shape, "endpoint": s.endpoint,
+        info = {"target": f"{api_base(self.host)} model {self.model!r}", "shape": f"{s.shape} {self.load_note}".strip(),
+                "endpoint": s.endpoint,
                 "prompt lengths": prompt_count,
                 "output lengths": "fixed (ignore_eos, min_tokens)" if not s.no_ignore_eos else "up to max_tokens"}
         if s.shape == "trace":

@@ -89,3 +89,12 @@ def test_records_round_trip_and_report_cli(tmp_path, capsys):
     assert "goodput: 0.200 req/s" in capsys.readouterr().out
     for name in ("report.md", "report.json", "latency_cdfs.png", "timeline.png", "replicas.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0, name
+
+
+def test_replay_lateness_is_reported():
+    late = [rec(1.2, 1.0, 0.5, 0.05), rec(3.0, 1.0, 0.5, 0.05)]
+    late[0].scheduled_s, late[1].scheduled_s = 1.0, 3.0
+    s = summarize(late, SLO(1, 1))
+    assert s.lateness_s.count == 2 and s.lateness_s.p50 == pytest.approx(0.1)
+    assert "Replay: requests were sent 100.0 ms (p50)" in render_markdown(s)
+    assert summarize(RECORDS, SLO(1, 1)).lateness_s.count == 0
