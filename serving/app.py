@@ -11,7 +11,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from serving.config import PDServeConfig, PoolConfig, Role
+from serving.config import AutoscalingConfig, PDServeConfig, PoolConfig, Role
 
 DEPLOYMENT_NAMES: dict[Role, str] = {"prefill": "PrefillServer", "decode": "DecodeServer", "colocated": "ColocatedServer"}
 ROUTER_NAME = "PDRouter"
@@ -20,7 +20,7 @@ ROUTER_NAME = "PDRouter"
 REPLICA_ENV = {"RAY_worker_niceness": "0"}
 
 
-def replica_options(pool: PoolConfig) -> dict[str, Any]:
+def replica_options(pool: PoolConfig, scaling: AutoscalingConfig | None = None) -> dict[str, Any]:
     """Serve options for one pool: where its replicas may run and how many there are."""
     res = pool.resources
     actor = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "runtime_env": {"env_vars": dict(REPLICA_ENV)}}
@@ -37,11 +37,18 @@ def replica_options(pool: PoolConfig) -> dict[str, Any]:
     if reps.min == reps.max:
         options["num_replicas"] = reps.min
     else:
+        scaling = scaling or AutoscalingConfig()
+        # The decisions come from the application-level policy (serving.autoscaling); Ray applies these bounds
+        # and delays around it.
         options["autoscaling_config"] = {
             "min_replicas": reps.min,
             "max_replicas": reps.max,
             "initial_replicas": reps.initial if reps.initial is not None else max(reps.min, 1),
-            "target_ongoing_requests": max(1, pool.max_ongoing_requests // 4),
+            "upscale_delay_s": scaling.upscale_delay_s,
+            "downscale_delay_s": scaling.downscale_delay_s,
+            "downscale_to_zero_delay_s": scaling.downscale_to_zero_delay_s,
+            "look_back_period_s": scaling.look_back_period_s,
+            "metrics_interval_s": scaling.metrics_interval_s,
         }
     return options
 
@@ -49,7 +56,8 @@ def replica_options(pool: PoolConfig) -> dict[str, Any]:
 def build_llm_deployment(config: PDServeConfig, role: Role) -> Application:
     from serving.worker import LLMServer
 
-    deployment = serve.deployment(LLMServer).options(name=DEPLOYMENT_NAMES[role], **replica_options(config.pool(role)))
+    options = replica_options(config.pool(role), config.autoscaling)
+    deployment = serve.deployment(LLMServer).options(name=DEPLOYMENT_NAMES[role], **options)
     return deployment.bind(config.model_dump(mode="json"), role)
 
 
@@ -64,6 +72,34 @@ def build_pd_app(config: PDServeConfig) -> Application:
         max_ongoing_requests=config.router.max_ongoing_requests,
     )
     return router.bind(config.model_dump(mode="json"), pools)
+
+
+APP_NAME = "pdserve"
+IMPORT_PATH = "serving.app:build_app"
+POLICY_PATH = "serving.autoscaling:PDAutoscalingPolicy"
+
+
+def serve_application(config: PDServeConfig) -> dict[str, Any]:
+    """The Serve application entry (`serve deploy` / RayService `serveConfigV2`) for this config.
+
+    `pdserve up` deploys exactly this locally, so the local run and the cluster share one code path.
+    """
+    app: dict[str, Any] = {
+        "name": APP_NAME,
+        "route_prefix": "/",
+        "import_path": IMPORT_PATH,
+        "args": config.model_dump(mode="json", exclude_none=True),
+    }
+    autoscaled = config.autoscaled_roles()
+    if autoscaled:
+        app["autoscaling_policy"] = {
+            "policy_function": POLICY_PATH,
+            "policy_kwargs": {
+                "autoscaling": config.autoscaling.model_dump(mode="json"),
+                "roles": {DEPLOYMENT_NAMES[role]: role for role in autoscaled},
+            },
+        }
+    return app
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -70,7 +70,7 @@ def replica_env(config: PDServeConfig, role: Role, node_ip: str) -> dict[str, st
     pool = config.pool(role)
     env: dict[str, str] = {}
     if config.device == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = f"{pool.cpu.kvcache_space_gib:g}"
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(pool.cpu.kvcache_space_gib)
         env["VLLM_CPU_OMP_THREADS_BIND"] = pool.cpu.threads_bind
     if KV_ROLE[role] is not None:
         port = config.kv_transfer.side_channel_port or free_port()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from serving.config import RouterConfig
+from serving.config import PDServeConfig
 from serving.kv import decode_request, prefill_request
 from serving.worker import Endpoint, LegReply, error_reply
 
@@ -28,6 +29,13 @@ class Outcome:
     reply: LegReply
     stream: AsyncIterator[str] | None = None
     replicas: dict[str, str] = field(default_factory=dict)
+    path: str = "disaggregated"
+    stages: dict[str, float] = field(default_factory=dict)
+    """Seconds spent in TTFT stages that end before the first token (`prefill`)."""
+    decode_started: float | None = None
+    """perf_counter() when the decode (or colocated) leg was sent; the router times its first token from it."""
+    dropped_usage: bool = False
+    """The decode leg was asked for a usage chunk the client did not request (the router removes it)."""
 
 
 async def _first(stream) -> LegReply:
@@ -43,7 +51,7 @@ def _unavailable(leg: str, exc: BaseException) -> LegReply:
     if isinstance(exc, asyncio.TimeoutError):
         return error_reply(ROUTER, f"{leg} timed out", HTTPStatus.GATEWAY_TIMEOUT, "TimeoutError", None)
     log.exception("pdserve: %s leg failed", leg, exc_info=exc)
-    return error_reply(ROUTER, f"{leg} failed: {type(exc).__name__}: {exc}", HTTPStatus.SERVICE_UNAVAILABLE,
+    return error_reply(ROUTER, f"{leg} failed: {type(exc).__name__}", HTTPStatus.SERVICE_UNAVAILABLE,
                        "ServiceUnavailableError", None)
 
 
@@ -59,37 +67,73 @@ async def run_leg(handle, endpoint: Endpoint, body: dict[str, Any], stream: bool
         return _unavailable(leg, exc), None
 
 
-class DisaggregatedOrchestrator:
-    def __init__(self, prefill, decode, router: RouterConfig):
-        self.prefill, self.decode, self.router = prefill, decode, router
+def with_usage(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The decode leg always reports usage on streams; returns (body, whether the client did not ask for it)."""
+    if not body.get("stream"):
+        return body, False
+    options = dict(body.get("stream_options") or {})
+    if options.get("include_usage"):
+        return body, False
+    options["include_usage"] = True
+    return {**body, "stream_options": options}, True
 
+
+class Orchestrator:
+    """Base: pools that may be at zero replicas are woken together before the first leg is sent."""
+
+    def __init__(self, pools: dict[str, Any], config: PDServeConfig):
+        self.pools, self.router = pools, config.router
+        # A pool allowed to scale to zero may be cold. Waking every pool at once (a cheap call each, which Serve
+        # queues until a replica is up) starts them in parallel, and decode is up before prefill pins KV that
+        # would otherwise expire during decode's cold start.
+        self.may_be_cold = any(config.pool(role).replicas.min == 0 for role in pools)
+
+    async def wake(self) -> LegReply | None:
+        if not self.may_be_cold:
+            return None
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.ping.remote() for p in self.pools.values())),
+                                   self.router.prefill_timeout_s)
+        except Exception as exc:
+            return _unavailable("scale-from-zero", exc)
+        return None
+
+
+class DisaggregatedOrchestrator(Orchestrator):
     async def __call__(self, endpoint: Endpoint, body: dict[str, Any]) -> Outcome:
         if body.get("n", 1) != 1:
             return Outcome(error_reply(ROUTER, "n > 1 is not supported by disaggregated serving",
                                        HTTPStatus.BAD_REQUEST, "BadRequestError", "n"))
-        prefill, _ = await run_leg(self.prefill, endpoint, prefill_request(body), False,
+        if (failure := await self.wake()) is not None:
+            return Outcome(failure)
+        started = time.perf_counter()
+        prefill, _ = await run_leg(self.pools["prefill"], endpoint, prefill_request(body), False,
                                    self.router.prefill_timeout_s, "prefill")
+        stages = {"prefill": time.perf_counter() - started}
         replicas = {"prefill": prefill.replica}
         if prefill.status != 200:
-            return Outcome(prefill, replicas=replicas)
+            return Outcome(prefill, replicas=replicas, stages=stages)
         params = (prefill.body or {}).get("kv_transfer_params")
         if not params:
             reply = error_reply(ROUTER, "prefill returned no kv_transfer_params (is kv_role kv_producer?)",
                                 HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerError", None)
-            return Outcome(reply, replicas=replicas)
+            return Outcome(reply, replicas=replicas, stages=stages)
         stream = bool(body.get("stream"))
-        head, rest = await run_leg(self.decode, endpoint, decode_request(body, params), stream,
+        decode_body, dropped = with_usage(decode_request(body, params))
+        started = time.perf_counter()
+        head, rest = await run_leg(self.pools["decode"], endpoint, decode_body, stream,
                                    self.router.leg_timeout_s(stream), "decode")
         replicas["decode"] = head.replica
-        return Outcome(head, rest, replicas)
+        return Outcome(head, rest, replicas, "disaggregated", stages, started, dropped)
 
 
-class ColocatedOrchestrator:
-    def __init__(self, colocated, router: RouterConfig):
-        self.colocated, self.router = colocated, router
-
+class ColocatedOrchestrator(Orchestrator):
     async def __call__(self, endpoint: Endpoint, body: dict[str, Any]) -> Outcome:
+        if (failure := await self.wake()) is not None:
+            return Outcome(failure, path="colocated")
         stream = bool(body.get("stream"))
-        head, rest = await run_leg(self.colocated, endpoint, body, stream, self.router.leg_timeout_s(stream),
-                                   "colocated")
-        return Outcome(head, rest, {"colocated": head.replica})
+        leg_body, dropped = with_usage(body)
+        started = time.perf_counter()
+        head, rest = await run_leg(self.pools["colocated"], endpoint, leg_body, stream,
+                                   self.router.leg_timeout_s(stream), "colocated")
+        return Outcome(head, rest, {"colocated": head.replica}, "colocated", {}, started, dropped)

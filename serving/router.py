@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -22,8 +23,11 @@ from vllm.entrypoints.serve.exception_handling.handlers.http import http_excepti
 from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
 from vllm.entrypoints.serve.utils.api_utils import validate_json_request
 
+from serving.app import DEPLOYMENT_NAMES
 from serving.config import PDServeConfig
+from serving.metrics import RouterMetrics, outcome_of
 from serving.orchestrator import ColocatedOrchestrator, DisaggregatedOrchestrator, Outcome
+from serving.streaming import StreamTiming, metered
 from serving.worker import Endpoint
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -50,20 +54,60 @@ class PDRouter:
     def __init__(self, config: dict[str, Any], pools: dict[str, Any]):
         self.config = PDServeConfig.model_validate(config)
         self.pools = pools  # role -> DeploymentHandle
-        if self.config.mode == "disaggregated":
-            self.orchestrate = DisaggregatedOrchestrator(pools["prefill"], pools["decode"], self.config.router)
-        else:
-            self.orchestrate = ColocatedOrchestrator(pools["colocated"], self.config.router)
+        orchestrator = DisaggregatedOrchestrator if self.config.mode == "disaggregated" else ColocatedOrchestrator
+        self.orchestrate = orchestrator(pools, self.config)
+        self.metrics = RouterMetrics(self.config.model.served_name)
 
     async def _serve(self, endpoint: Endpoint, request: ChatCompletionRequest | CompletionRequest, raw: Request):
+        arrived = time.perf_counter()
         request_id = raw.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         body = request.model_dump(exclude_unset=True)
         body["request_id"] = request_id
-        outcome = await self.orchestrate(endpoint, body)
+        self.metrics.enter()
+        try:
+            outcome = await self.orchestrate(endpoint, body)
+        except BaseException:
+            self.metrics.leave()
+            raise
         headers = _headers(outcome)
         if outcome.stream is None:
+            self._finish(endpoint, outcome, arrived, outcome.reply.status, outcome.reply.body)
             return JSONResponse(outcome.reply.body, status_code=outcome.reply.status, headers=headers)
-        return StreamingResponse(outcome.stream, media_type="text/event-stream", headers=headers)
+        timing = StreamTiming(start=arrived)
+
+        def done(timing: StreamTiming, completed: bool) -> None:
+            self._finish(endpoint, outcome, arrived, 200 if completed else 499, None, timing)
+
+        stream = metered(outcome.stream, timing, drop_usage=outcome.dropped_usage, on_done=done)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
+    def _finish(self, endpoint: str, outcome: Outcome, arrived: float, status: int, body: dict | None,
+                timing: StreamTiming | None = None) -> None:
+        """Record one finished request (499: the client went away mid-stream)."""
+        m, tags = self.metrics, self.metrics.tags(outcome.path)
+        m.leave()
+        outcome_name = "cancelled" if status == 499 else outcome_of(status)
+        m.requests.inc(tags={**tags, "endpoint": endpoint, "outcome": outcome_name})
+        m.e2e.observe(time.perf_counter() - arrived, tags=tags)
+        for stage, seconds in outcome.stages.items():
+            m.stage.observe(seconds, tags={**tags, "stage": stage})
+        usage = (body or {}).get("usage") or {}
+        prompt, generated = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        if timing is not None:
+            prompt, generated = timing.prompt_tokens, timing.completion_tokens or timing.chunks_with_text
+            if timing.ttft is not None:
+                m.ttft.observe(timing.ttft, tags=tags)
+                if outcome.decode_started is not None:
+                    m.stage.observe(timing.first_token - outcome.decode_started,
+                                    tags={**tags, "stage": "decode_first_token"})
+            if timing.tpot is not None:
+                m.tpot.observe(timing.tpot, tags=tags)
+            for gap in timing.gaps:
+                m.itl.observe(gap, tags=tags)
+        if prompt:
+            m.prompt_tokens.inc(prompt, tags=tags)
+        if generated:
+            m.generation_tokens.inc(generated, tags=tags)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(validate_json_request)])
     async def chat_completions(self, request: ChatCompletionRequest, raw_request: Request):
@@ -80,19 +124,40 @@ class PDRouter:
 
     @app.get("/health")
     async def health(self):
-        checks = {role: pool.check_health.remote() for role, pool in self.pools.items()}
+        """200 when every pool can serve: its engines answer, or it is scaled to zero and allowed to be."""
+        running = await asyncio.get_running_loop().run_in_executor(None, self._running_replicas)
         status: dict[str, str] = {}
-        for role, pending in checks.items():
+        for role, pool in self.pools.items():
+            if running.get(role, 0) == 0 and self.config.pool(role).replicas.min == 0:
+                status[role] = "scaled to zero"
+                continue
             try:
-                await asyncio.wait_for(pending, 10)
+                await asyncio.wait_for(pool.check_health.remote(), 10)
                 status[role] = "ok"
             except Exception as exc:  # a pool with no healthy replica, or a dead engine
                 status[role] = f"unavailable: {type(exc).__name__}"
-        healthy = all(value == "ok" for value in status.values())
+        healthy = all(value in ("ok", "scaled to zero") for value in status.values())
         return JSONResponse({"status": "ok" if healthy else "unavailable", "pools": status},
                             status_code=200 if healthy else 503)
+
+    def _replica_states(self) -> dict[str, dict[str, int]]:
+        """Replicas per role and state, from Serve's controller (blocking: call it off the event loop)."""
+        app = serve.status().applications.get(serve.get_replica_context().app_name)
+        if app is None:
+            return {}
+        return {role: dict(app.deployments[name].replica_states)
+                for role, name in DEPLOYMENT_NAMES.items() if name in app.deployments}
+
+    def _running_replicas(self) -> dict[str, int]:
+        return {role: states.get("RUNNING", 0) for role, states in self._replica_states().items()}
 
     @app.get("/pdserve/stats")
     async def stats(self):
         """Engine counters of one replica per pool (KV pulled over NIXL, transfers, queue)."""
-        return {role: await pool.stats.remote() for role, pool in self.pools.items()}
+        running = await asyncio.get_running_loop().run_in_executor(None, self._running_replicas)
+        return {role: await pool.stats.remote() for role, pool in self.pools.items() if running.get(role, 0) > 0}
+
+    @app.get("/pdserve/replicas")
+    async def replicas(self):
+        """Replicas per pool by state (RUNNING, STARTING, PENDING_ALLOCATION, ...), from Serve's controller."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._replica_states)

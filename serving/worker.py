@@ -69,7 +69,10 @@ class LLMServer:
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
         from serving.engine_stats import EngineCounters, stat_logger_factory
+        from serving.metrics import PoolMetrics
 
         self.config = PDServeConfig.model_validate(config)
         self.role = role
@@ -83,10 +86,13 @@ class LLMServer:
         engine_args = AsyncEngineArgs.from_cli_args(args)
         vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
         self.counters = EngineCounters()
+        self.signal_window_s = self.config.autoscaling.look_back_period_s
         self.engine = AsyncLLM.from_vllm_config(
             vllm_config=vllm_config,
             usage_context=UsageContext.OPENAI_API_SERVER,
-            stat_loggers=[stat_logger_factory(self.counters)],
+            # Our counters (stats endpoint, pool metrics, autoscaling signals) and vLLM's own engine metrics,
+            # recorded through Ray so they are exported next to Serve's on the node's metrics port.
+            stat_loggers=[stat_logger_factory(self.counters, PoolMetrics(role)), RayPrometheusStatLogger],
             disable_log_stats=False,
         )
         self.state = State()
@@ -142,6 +148,14 @@ class LLMServer:
 
     async def stats(self) -> dict[str, Any]:
         return {"role": self.role, "replica": self.replica, "pid": os.getpid(), **self.counters.as_dict()}
+
+    async def ping(self) -> str:
+        """Cheap call the router uses to wake a pool that may be at zero replicas."""
+        return self.replica
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Custom metrics for Serve's autoscaler (see `serving.autoscaling`)."""
+        return self.counters.autoscaling_signals(self.signal_window_s)
 
     async def check_health(self) -> None:
         await self.engine.check_health()

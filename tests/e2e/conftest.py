@@ -1,4 +1,9 @@
-"""One real P/D stack (and one colocated stack for comparison) per test session, started side by side."""
+"""Real stacks for the end-to-end tests, started at most once per session.
+
+Two groups share the machine's 24 GiB in turn: `main` (the P/D stack and a colocated stack for comparison,
+started side by side) and `autoscale` (a P/D stack whose pools scale between 0 and 2 replicas). Asking for a
+stack of the other group stops the running group first; every stop must be clean (exit 0, no process left).
+"""
 
 from __future__ import annotations
 
@@ -10,49 +15,75 @@ from serving.kv import free_port  # noqa: E402
 from tests.e2e import stack as stack_lib  # noqa: E402
 
 EXACT_CONFIG = "configs/cpu-exact.yaml"
+AUTOSCALE_CONFIG = "configs/cpu-autoscale.yaml"
+
+GROUPS = {
+    "main": {"pd": ("--config", EXACT_CONFIG), "colocated": ("--config", EXACT_CONFIG, "--mode", "colocated")},
+    "autoscale": {"autoscale": ("--config", AUTOSCALE_CONFIG)},
+}
+
+
+class StackManager:
+    def __init__(self, log_dir):
+        self.log_dir = log_dir
+        self.group: str | None = None
+        self.running: dict[str, stack_lib.Stack] = {}
+        self.problems: list[str] = []
+
+    def get(self, name: str) -> stack_lib.Stack:
+        group = next(g for g, members in GROUPS.items() if name in members)
+        if group != self.group:
+            self.stop_all()
+            self.group = group
+            self.running = {member: stack_lib.start(member, free_port(), free_port(), self.log_dir, *args)
+                            for member, args in GROUPS[group].items()}
+            for stack in self.running.values():
+                stack_lib.wait_ready(stack)
+        return self.running[name]
+
+    def stop_all(self) -> None:
+        for stack in self.running.values():
+            code = stack_lib.stop(stack)
+            left = stack_lib.survivors(stack)
+            if code != 0 or left:
+                self.problems.append(f"{stack.name}: exit {code}, left running: {left}\n{stack.log_tail(20)}")
+        self.running, self.group = {}, None
 
 
 @pytest.fixture(scope="session")
 def stacks(tmp_path_factory):
-    log_dir = tmp_path_factory.mktemp("stacks")
-    started = {
-        "pd": stack_lib.start("pd", free_port(), free_port(), log_dir, "--config", EXACT_CONFIG),
-        "colocated": stack_lib.start("colocated", free_port(), free_port(), log_dir, "--config", EXACT_CONFIG,
-                                     "--mode", "colocated"),
-    }
+    manager = StackManager(tmp_path_factory.mktemp("stacks"))
     try:
-        for stack in started.values():
-            stack_lib.wait_ready(stack)
-        yield started
+        yield manager
     finally:
-        problems = []
-        for stack in started.values():
-            code = stack_lib.stop(stack)
-            left = stack_lib.survivors(stack)
-            if code != 0 or left:
-                problems.append(f"{stack.name}: exit {code}, left running: {left}\n{stack.log_tail(20)}")
-        assert not problems, "unclean shutdown:\n" + "\n".join(problems)
+        manager.stop_all()
+    assert not manager.problems, "unclean shutdown:\n" + "\n".join(manager.problems)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def pd_stack(stacks):
-    return stacks["pd"]
+    return stacks.get("pd")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def colocated_stack(stacks):
-    return stacks["colocated"]
+    return stacks.get("colocated")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
+def autoscale_stack(stacks):
+    return stacks.get("autoscale")
+
+
+@pytest.fixture
 def client(pd_stack):
     openai = pytest.importorskip("openai")
     return openai.OpenAI(base_url=pd_stack.api_url, api_key="not-needed", max_retries=0, timeout=300)
 
 
-@pytest.fixture(scope="session")
-def model_name(client):
-    return client.models.list().data[0].id
+@pytest.fixture
+def model_name():
+    return "SmolLM2-135M-Instruct"
 
 
 @pytest.fixture(scope="session")

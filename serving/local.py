@@ -1,0 +1,111 @@
+"""`pdserve up`: a private Ray node on this machine, the Serve application deployed on it, until a signal.
+
+The application is deployed from the same Serve config a RayService would carry (`serve_application`):
+import path + args + application-level autoscaling policy, so the local run exercises the cluster path.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections import Counter
+
+from serving.config import PDServeConfig
+
+
+def cluster_resources(config: PDServeConfig) -> tuple[int, dict[str, float]]:
+    """Logical CPUs and custom resources a local Ray node needs so every pool can reach its max replicas."""
+    cpus = config.router.num_cpus + 1  # + Serve's controller and proxy
+    custom: Counter[str] = Counter()
+    for role in config.active_roles():
+        pool = config.pool(role)
+        cpus += pool.resources.num_cpus * pool.replicas.max
+        for name, amount in pool.resources.resources.items():
+            custom[name] += amount * pool.replicas.max
+    return math.ceil(cpus), dict(custom)
+
+
+def deploy_config(config: PDServeConfig):
+    from ray.serve.schema import ServeDeploySchema
+
+    from serving.app import serve_application
+
+    return ServeDeploySchema.model_validate({
+        "http_options": {"host": config.router.host, "port": config.router.port},
+        "applications": [serve_application(config)],
+    })
+
+
+def wait_running(app_name: str, timeout_s: float = 1800) -> None:
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(app_name)
+        if app is not None and app.status == "RUNNING":
+            return
+        if app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise RuntimeError(f"pdserve: application {app.status}: {app.message}")
+        time.sleep(1)
+    raise TimeoutError(f"pdserve: application not running after {timeout_s:.0f}s")
+
+
+def wait_healthy(base_url: str, timeout_s: float = 1800) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{base_url}/health", timeout=30)
+            if response.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise TimeoutError(f"pdserve: {base_url}/health not OK after {timeout_s:.0f}s")
+
+
+def run_local(config: PDServeConfig) -> int:
+    import ray
+    from ray import serve
+    from ray.serve._private import api as serve_api  # what `serve deploy`/`serve run config.yaml` use
+
+    from serving.app import APP_NAME
+    from serving.model import resolve_model
+
+    resolve_model(config.model.source)  # convert the built-in model once, with progress, before Ray starts
+    num_cpus, resources = cluster_resources(config)
+    ray.init(
+        address="local",  # always a private node: `pdserve up` must not attach to whatever else runs here
+        num_cpus=num_cpus,
+        resources=resources,
+        include_dashboard=False,
+        _metrics_export_port=config.router.metrics_port,
+        logging_level="WARNING",
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        schema = deploy_config(config)
+        client = serve_api.serve_start(http_options=schema.http_options.model_dump())
+        print(f"pdserve: starting {config.mode} serving of {config.model.served_name} ...", flush=True)
+        client.deploy_apps(schema, _blocking=False)
+        wait_running(APP_NAME)
+        base = f"http://{config.router.host}:{config.router.port}"
+        wait_healthy(base)
+        print(f"pdserve: API      {base}/v1  (model {config.model.served_name!r}, mode {config.mode})", flush=True)
+        print(f"pdserve: health   {base}/health", flush=True)
+        print(f"pdserve: metrics http://127.0.0.1:{config.router.metrics_port}/metrics", flush=True)
+        print("pdserve: ready; Ctrl-C stops", flush=True)
+        stop.wait()
+    finally:
+        print("pdserve: shutting down ...", flush=True)
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+        print("pdserve: stopped", flush=True)
+    return 0

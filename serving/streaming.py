@@ -1,0 +1,84 @@
+"""Forwards a decode replica's SSE lines to the client untouched, timing them on the way.
+
+The decode leg always asks vLLM for a usage chunk (exact token counts for TPOT); when the client did not ask
+for one, that chunk is dropped here, so the client sees exactly what `vllm serve` would have sent it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StreamTiming:
+    start: float
+    first_token: float | None = None
+    last_token: float | None = None
+    gaps: list[float] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    chunks_with_text: int = 0
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token is None else self.first_token - self.start
+
+    @property
+    def tpot(self) -> float | None:
+        if self.first_token is None or self.last_token is None:
+            return None
+        tokens = self.completion_tokens or self.chunks_with_text
+        return (self.last_token - self.first_token) / (tokens - 1) if tokens > 1 else None
+
+
+def parse_sse_data(line: str) -> dict | None:
+    """The JSON object of one `data: {...}` SSE event, or None for `[DONE]`, comments and keep-alives."""
+    for event in line.split("\n"):
+        if event.startswith("data: ") and event[6:].strip() not in ("", "[DONE]"):
+            try:
+                return json.loads(event[6:])
+            except ValueError:
+                return None
+    return None
+
+
+def carries_text(event: dict) -> bool:
+    for choice in event.get("choices") or ():
+        delta = choice.get("delta")
+        if (delta and delta.get("content")) or choice.get("text"):
+            return True
+    return False
+
+
+def is_usage_only(event: dict) -> bool:
+    return not event.get("choices") and event.get("usage") is not None
+
+
+async def metered(chunks: AsyncIterator[str], timing: StreamTiming, *, drop_usage: bool,
+                  on_done: Callable[[StreamTiming, bool], None]) -> AsyncIterator[str]:
+    """Yield each chunk as it arrives; call `on_done(timing, completed)` once the stream ends or breaks."""
+    completed = False
+    try:
+        async for chunk in chunks:
+            event = parse_sse_data(chunk)
+            if event is not None:
+                now = time.perf_counter()
+                if carries_text(event):
+                    if timing.first_token is None:
+                        timing.first_token = now
+                    else:
+                        timing.gaps.append(now - timing.last_token)
+                    timing.last_token = now
+                    timing.chunks_with_text += 1
+                if event.get("usage"):
+                    timing.prompt_tokens = event["usage"].get("prompt_tokens", 0)
+                    timing.completion_tokens = event["usage"].get("completion_tokens", 0)
+                if drop_usage and is_usage_only(event):
+                    continue
+            yield chunk
+        completed = True
+    finally:
+        on_done(timing, completed)
