@@ -54,8 +54,8 @@ class CPUConfig(StrictModel):
 
     threads_bind: str = "auto"
     """VLLM_CPU_OMP_THREADS_BIND for the engine: core list such as `0` or `0-1`, or `auto`."""
-    kvcache_space_gib: float = Field(1.0, gt=0)
-    """VLLM_CPU_KVCACHE_SPACE: GiB of KV cache per replica."""
+    kvcache_space_gib: int = Field(1, ge=1)
+    """VLLM_CPU_KVCACHE_SPACE: GiB of KV cache per replica (vLLM takes whole GiB)."""
 
 
 class ReplicasConfig(StrictModel):
@@ -124,6 +124,43 @@ class RouterConfig(StrictModel):
         return self.decode_first_token_timeout_s if stream else self.request_timeout_s
 
 
+class PoolScalingConfig(StrictModel):
+    """When one pool needs another replica."""
+
+    target_waiting_per_replica: float = Field(1.0, gt=0)
+    """Scheduler-waiting requests per replica that call for one more replica. Small, so scaling starts
+    before the queue fills (the engine batches running requests; waiting ones are pure delay)."""
+    target_running_per_replica: float = Field(8.0, gt=0)
+    """Running requests per replica a replica should carry at most."""
+    slo_s: float | None = Field(None, gt=0)
+    """Latency objective of the pool: TTFT for prefill (and colocated), TPOT for decode. Above it, +1 replica."""
+
+
+class AutoscalingConfig(StrictModel):
+    """Serve's application-level policy (`serving.autoscaling`) for pools whose replicas.min < replicas.max."""
+
+    prefill: PoolScalingConfig = Field(default_factory=lambda: PoolScalingConfig(target_running_per_replica=4,
+                                                                                 slo_s=2.0))
+    decode: PoolScalingConfig = Field(default_factory=lambda: PoolScalingConfig(target_running_per_replica=16,
+                                                                                slo_s=0.25))
+    colocated: PoolScalingConfig = Field(default_factory=lambda: PoolScalingConfig(slo_s=2.0))
+    min_prefill_per_decode: float = Field(0.25, gt=0)
+    """Keep at least this many prefill replicas per decode replica (rounded up)."""
+    max_prefill_per_decode: float = Field(4.0, gt=0)
+    upscale_delay_s: float = Field(3.0, ge=0)
+    downscale_delay_s: float = Field(60.0, ge=0)
+    downscale_to_zero_delay_s: float = Field(120.0, ge=0)
+    look_back_period_s: float = Field(10.0, gt=0)
+    metrics_interval_s: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ratio_bounds_ordered(self) -> AutoscalingConfig:
+        """min_prefill_per_decode <= max_prefill_per_decode."""
+        if self.min_prefill_per_decode > self.max_prefill_per_decode:
+            raise ValueError("autoscaling.min_prefill_per_decode must be <= max_prefill_per_decode")
+        return self
+
+
 class PDServeConfig(StrictModel):
     """A whole deployment: one model served by a router over prefill+decode pools (or one colocated pool)."""
 
@@ -143,6 +180,7 @@ class PDServeConfig(StrictModel):
         )
     )
     colocated: PoolConfig = Field(default_factory=lambda: PoolConfig(cpu=CPUConfig(threads_bind="0-1")))
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     kubernetes: KubernetesConfig | None = None
     """Where this profile runs on Kubernetes (`pdserve render`); `pdserve up` and the app ignore it."""
 
@@ -170,6 +208,9 @@ class PDServeConfig(StrictModel):
             if shared:
                 raise ValueError(f"prefill and decode request the same custom resources {sorted(shared)}")
         return self
+
+    def autoscaled_roles(self) -> tuple[Role, ...]:
+        return tuple(r for r in self.active_roles() if self.pool(r).replicas.min < self.pool(r).replicas.max)
 
     def active_roles(self) -> tuple[Role, ...]:
         return ("prefill", "decode") if self.mode == "disaggregated" else ("colocated",)
