@@ -209,10 +209,13 @@ class KubernetesConfig(DeployModel):
         for role in ("prefill", "decode"):
             group: GroupConfig = getattr(self, role)
             if group.mig_profile is None and self.nodes.mig_layout:
-                raise ValueError(f"kubernetes.{role}.mig_profile must be set: the nodes run MIG {self.nodes.mig_layout}")
+                raise ValueError(
+                    f"kubernetes.{role}.mig_profile must be set: the nodes run MIG {self.nodes.mig_layout}"
+                )
             if group.mig_profile is not None and group.mig_profile not in self.nodes.mig_layout:
                 raise ValueError(
-                    f"kubernetes.{role}.mig_profile {group.mig_profile!r} is not in nodes.mig_layout {self.nodes.mig_layout}"
+                    f"kubernetes.{role}.mig_profile {group.mig_profile!r} is not in "
+                    f"nodes.mig_layout {self.nodes.mig_layout}"
                 )
         return self
 
@@ -258,10 +261,10 @@ class KubernetesConfig(DeployModel):
             raise ValueError("kubernetes.dev needs nodes.time_slicing: the sandbox runs on a time-sliced slice")
         if self.dev.namespace == self.namespace:
             raise ValueError("kubernetes.dev.namespace must differ from kubernetes.namespace")
-        limit = 1 / self.nodes.time_slicing.replicas
-        if self.dev.gpu_memory_utilization > limit + 1e-9:
+        ways = self.nodes.time_slicing.replicas
+        if self.dev.gpu_memory_utilization > 1 / ways + 1e-9:
             raise ValueError(
-                f"kubernetes.dev.gpu_memory_utilization {self.dev.gpu_memory_utilization} exceeds 1/{self.nodes.time_slicing.replicas}: "
+                f"kubernetes.dev.gpu_memory_utilization {self.dev.gpu_memory_utilization} exceeds 1/{ways}: "
                 "time-sliced pods share the slice's memory"
             )
         return self

@@ -61,7 +61,9 @@ def summarize(service: dict, cluster: dict | None, pods: list[dict]) -> list[str
     """Human-readable lines: RayService conditions, Serve app and deployment states, worker group sizes."""
     status = service.get("status") or {}
     name = service["metadata"]["name"]
-    lines = [f"RayService {service['metadata'].get('namespace', '')}/{name}: {status.get('serviceStatus') or 'unknown'}"]
+    lines = [
+        f"RayService {service['metadata'].get('namespace', '')}/{name}: {status.get('serviceStatus') or 'unknown'}"
+    ]
     for cond in status.get("conditions") or []:
         detail = f" ({cond['reason']})" if cond.get("reason") else ""
         lines.append(f"  condition {cond['type']}={cond['status']}{detail}")
@@ -77,7 +79,7 @@ def summarize(service: dict, cluster: dict | None, pods: list[dict]) -> list[str
         lines.append("  no active RayCluster yet")
         return lines
     labels = [((p.get("metadata") or {}).get("labels") or {}).get("ray.io/group") for p in pods]
-    ready = Counter(g for g, p in zip(labels, pods) if _ready(p))
+    ready = Counter(g for g, p in zip(labels, pods, strict=True) if _ready(p))
     total = Counter(labels)
     lines.append(f"  RayCluster {cluster['metadata']['name']}: {(cluster.get('status') or {}).get('state', 'unknown')}")
     for group in cluster["spec"].get("workerGroupSpecs", []):

@@ -46,7 +46,9 @@ def _check_serving(config: PDServeConfig) -> None:
     if config.kv_transfer.buffer_device != "cuda":
         raise RenderError("kv_transfer.buffer_device: must be 'cuda' so NIXL registers the GPU KV cache")
     if config.kv_transfer.side_channel_port is None:
-        raise RenderError("kv_transfer.side_channel_port: set a fixed port (one replica per pod; the NetworkPolicy names it)")
+        raise RenderError(
+            "kv_transfer.side_channel_port: set a fixed port (one replica per pod; the NetworkPolicy names it)"
+        )
 
 
 def _check_pool(config: PDServeConfig, k: KubernetesConfig, role: str) -> None:

@@ -17,7 +17,11 @@ POD_SECURITY_LABELS = {
 
 
 def namespace(name: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": names.metadata(name, labels={**labels, **POD_SECURITY_LABELS})}
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": names.metadata(name, labels={**labels, **POD_SECURITY_LABELS}),
+    }
 
 
 def network_policy(config: PDServeConfig) -> dict[str, Any]:

@@ -25,6 +25,8 @@ def dev_config(config: PDServeConfig) -> dict[str, Any]:
     assert k is not None and k.dev is not None
     data = config.model_dump(mode="json", exclude={"kubernetes"}, exclude_unset=True)
     data["mode"] = "colocated"
+    for role in ("prefill", "decode"):  # the production pools, which a colocated run never starts
+        data.pop(role, None)
     data["router"] = {**data.get("router", {}), "host": "0.0.0.0"}
     data["colocated"] = {
         "replicas": {"min": 1, "max": 1},

@@ -78,9 +78,13 @@ def _slice_rules(config: PDServeConfig) -> dict[str, Any]:
         {"record": "pdserve:slice_gr_engine_active:avg", "expr": f"avg by ({SLICE}) (DCGM_FI_PROF_GR_ENGINE_ACTIVE)"},
         {
             "record": "pdserve:slice_fb_used:ratio",
-            "expr": f"sum by ({SLICE}) (DCGM_FI_DEV_FB_USED) / sum by ({SLICE}) (DCGM_FI_DEV_FB_USED + DCGM_FI_DEV_FB_FREE)",
+            "expr": f"sum by ({SLICE}) (DCGM_FI_DEV_FB_USED)"
+            f" / sum by ({SLICE}) (DCGM_FI_DEV_FB_USED + DCGM_FI_DEV_FB_FREE)",
         },
-        {"record": "pdserve:serve_queued_requests:sum", "expr": "sum by (deployment) (ray_serve_deployment_queued_queries)"},
+        {
+            "record": "pdserve:serve_queued_requests:sum",
+            "expr": "sum by (deployment) (ray_serve_deployment_queued_queries)",
+        },
     ]
     return {
         "apiVersion": "monitoring.coreos.com/v1",

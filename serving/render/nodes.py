@@ -62,7 +62,9 @@ def _device_plugin_configmap(k: KubernetesConfig) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": names.metadata(names.DEVICE_PLUGIN_CONFIGMAP, k.gpu_operator_namespace, names.labels(k, "device-plugin-config")),
+        "metadata": names.metadata(
+            names.DEVICE_PLUGIN_CONFIGMAP, k.gpu_operator_namespace, names.labels(k, "device-plugin-config")
+        ),
         "data": {k.name: dump(config)},
     }
 
@@ -78,7 +80,11 @@ def karpenter(k: KubernetesConfig) -> list[dict[str, Any]]:
 def _node_pool(k: KubernetesConfig) -> dict[str, Any]:
     nodes = k.nodes
     requirements = [
-        {"key": "karpenter.k8s.aws/instance-gpu-name", "operator": "In", "values": [mig.GPUS[nodes.gpu].karpenter_gpu_name]},
+        {
+            "key": "karpenter.k8s.aws/instance-gpu-name",
+            "operator": "In",
+            "values": [mig.GPUS[nodes.gpu].karpenter_gpu_name],
+        },
         {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": list(nodes.instance_types)},
         {"key": "karpenter.sh/capacity-type", "operator": "In", "values": list(nodes.capacity_types)},
         {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
@@ -121,7 +127,12 @@ def _ec2_node_class(k: KubernetesConfig) -> dict[str, Any]:
             "blockDeviceMappings": [
                 {
                     "deviceName": "/dev/xvda",
-                    "ebs": {"volumeSize": nodes.root_volume, "volumeType": "gp3", "encrypted": True, "deleteOnTermination": True},
+                    "ebs": {
+                        "volumeSize": nodes.root_volume,
+                        "volumeType": "gp3",
+                        "encrypted": True,
+                        "deleteOnTermination": True,
+                    },
                 }
             ],
             "metadataOptions": {"httpEndpoint": "enabled", "httpPutResponseHopLimit": 1, "httpTokens": "required"},

@@ -16,8 +16,6 @@ from serving.render import names
 from serving.render.checks import ROLES
 from serving.render.yamltext import dump
 
-APP_NAME = "pdserve"
-IMPORT_PATH = "serving.app:build_app"
 HOME = "/home/ray"
 RAY_CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 POD_SECURITY = {
@@ -30,21 +28,13 @@ POD_SECURITY = {
 
 
 def serve_config(config: PDServeConfig) -> dict[str, Any]:
-    """Serve's deploy config: the app builder with the profile's own fields (less the Kubernetes section) as args.
+    """Serve's deploy config: the same application entry `pdserve up` deploys, less the Kubernetes section."""
+    from serving.app import serve_application
 
-    Only the fields the profile sets are passed; the app fills in the rest from the same `PDServeConfig`.
-    """
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": config.router.port},
-        "applications": [
-            {
-                "name": APP_NAME,
-                "route_prefix": "/",
-                "import_path": IMPORT_PATH,
-                "args": config.model_dump(mode="json", exclude={"kubernetes"}, exclude_unset=True),
-            }
-        ],
+        "applications": [serve_application(config.model_copy(update={"kubernetes": None}))],
     }
 
 
@@ -76,7 +66,11 @@ def _autoscaler(k: KubernetesConfig) -> dict[str, Any]:
         "idleTimeoutSeconds": k.autoscaler.idle_timeout_seconds,
         "imagePullPolicy": k.image_pull_policy,
         "resources": {"requests": dict(size), "limits": dict(size)},
-        "securityContext": {**RAY_CONTAINER_SECURITY, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            **RAY_CONTAINER_SECURITY,
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
     }
 
 
@@ -124,7 +118,11 @@ def _worker_group(config: PDServeConfig, role: str) -> dict[str, Any]:
     pool = config.pool(role)  # type: ignore[arg-type]
     group = k.group(role)
     reps = pool.replicas
-    offered = {"CPU": group.cpu, "GPU": "1", **{name: f"{amount:g}" for name, amount in pool.resources.resources.items()}}
+    offered = {
+        "CPU": group.cpu,
+        "GPU": "1",
+        **{name: f"{amount:g}" for name, amount in pool.resources.resources.items()},
+    }
     return {
         "groupName": role,
         "replicas": reps.initial if reps.initial is not None else reps.min,

@@ -68,7 +68,9 @@ def test_time_sliced_group_in_production_is_refused():
 
 def test_development_may_share_a_gpu():
     config = PDServeConfig.model_validate(profile("dev-timeslice"))
-    assert config.kubernetes.prefill.gpu_resource() == config.kubernetes.decode.gpu_resource() == "nvidia.com/gpu.shared"
+    assert (
+        config.kubernetes.prefill.gpu_resource() == config.kubernetes.decode.gpu_resource() == "nvidia.com/gpu.shared"
+    )
 
 
 def test_group_slice_must_be_in_the_layout():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,7 +13,10 @@ import pytest
 from loadtest.records import read_records
 from tests.unit.fake_openai import serve_fake
 
-pytest.importorskip("locust", reason="the load test needs the loadtest extra: pip install -e '.[loadtest]'")
+# Locust runs in a subprocess only: importing it here would gevent-monkey-patch the test process after other
+# test modules already imported ssl (via Ray), which ends in a RecursionError at collection.
+if importlib.util.find_spec("locust") is None:
+    pytest.skip("the load test needs the loadtest extra: pip install -e '.[loadtest]'", allow_module_level=True)
 pytest.importorskip("matplotlib", reason="the load test needs the loadtest extra: pip install -e '.[loadtest]'")
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import yaml
 
 from serving.config import PDServeConfig
 from serving.render import render
@@ -53,7 +54,9 @@ def test_custom_resources_validate_against_their_crd(path):
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=_ids(MANIFESTS))
 def test_builtin_kinds_validate_against_kubernetes(path):
-    pytest.importorskip("kubernetes_validate", reason="built-in kinds need kubernetes-validate (pip install kubernetes-validate)")
+    pytest.importorskip(
+        "kubernetes_validate", reason="built-in kinds need kubernetes-validate (pip install kubernetes-validate)"
+    )
     for doc in documents(path):
         if _group(doc) in BUILTIN_GROUPS:
             assert kube_schema.validate_builtin(doc) == [], f"{path.name} {doc['kind']} {doc['metadata']['name']}"
@@ -65,11 +68,22 @@ def test_builtin_kinds_validate_against_kubernetes(path):
     [
         (lambda rs: rs["spec"]["rayClusterConfig"].update(bogus=1), "Additional properties are not allowed ('bogus'"),
         (lambda rs: rs["spec"]["rayClusterConfig"]["autoscalerOptions"].update(version="v3"), "'v3' is not one of"),
-        (lambda rs: rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0].update(minReplicas="1"), "'1' is not of type 'integer'"),
-        (lambda rs: rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0].pop("groupName"), "'groupName' is a required property"),
-        (lambda rs: rs["spec"]["rayClusterConfig"]["autoscalerOptions"].update(upscalingMode="Fast"), "'Fast' is not one of"),
         (
-            lambda rs: rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0].update(port=80),
+            lambda rs: rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0].update(minReplicas="1"),
+            "'1' is not of type 'integer'",
+        ),
+        (
+            lambda rs: rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0].pop("groupName"),
+            "'groupName' is a required property",
+        ),
+        (
+            lambda rs: rs["spec"]["rayClusterConfig"]["autoscalerOptions"].update(upscalingMode="Fast"),
+            "'Fast' is not one of",
+        ),
+        (
+            lambda rs: rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0].update(
+                port=80
+            ),
             "Additional properties are not allowed ('port'",
         ),
     ],
@@ -77,7 +91,9 @@ def test_builtin_kinds_validate_against_kubernetes(path):
 def test_crd_validation_is_strict(mutate, expected):
     rayservice = copy.deepcopy(one(KUBERAY / "h100-mig", "RayService"))
     mutate(rayservice)
-    assert any(expected in err for err in kube_schema.validate_custom(rayservice)), kube_schema.validate_custom(rayservice)
+    assert any(expected in err for err in kube_schema.validate_custom(rayservice)), kube_schema.validate_custom(
+        rayservice
+    )
 
 
 @needs_crds
@@ -101,9 +117,7 @@ def test_serve_config_validates_with_ray_and_pdserve(profile_dir):
     from ray.serve.schema import ServeDeploySchema
 
     rayservice = one(profile_dir, "RayService")
-    import yaml
-
-    ServeDeploySchema.parse_obj(yaml.safe_load(rayservice["spec"]["serveConfigV2"]))
+    ServeDeploySchema.model_validate(yaml.safe_load(rayservice["spec"]["serveConfigV2"]))
     app = serve_app(rayservice)
     assert app["import_path"] == "serving.app:build_app"
     assert "kubernetes" not in app["args"]
@@ -125,7 +139,9 @@ def test_committed_manifests_equal_a_fresh_render(name):
     fresh = render(config, f"configs/{name}.yaml")
     committed_dir = KUBERAY / name
     committed = {p.name: p.read_text() for p in committed_dir.glob("*.yaml")}
-    assert sorted(committed) == sorted(fresh), f"re-run: pdserve render --config configs/{name}.yaml --out {committed_dir.relative_to(ROOT)}/"
+    assert sorted(committed) == sorted(fresh), (
+        f"re-run: pdserve render --config configs/{name}.yaml --out {committed_dir.relative_to(ROOT)}/"
+    )
     for file_name, text in fresh.items():
         assert committed[file_name] == text, (
             f"deploy/kuberay/{name}/{file_name} drifted from configs/{name}.yaml: "
