@@ -29,6 +29,7 @@ def replica_options(pool: PoolConfig, scaling: AutoscalingConfig | None = None) 
     options: dict[str, Any] = {
         "ray_actor_options": actor,
         "max_ongoing_requests": pool.max_ongoing_requests,
+        "max_queued_requests": pool.max_queued_requests,
         "health_check_period_s": 10,
         "health_check_timeout_s": 30,
         "graceful_shutdown_timeout_s": 30,

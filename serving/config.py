@@ -84,6 +84,9 @@ class PoolConfig(StrictModel):
     """Extra environment for the replica and its engine process."""
     max_ongoing_requests: int = Field(64, ge=1)
     """Requests Serve lets into one replica at once; the engine's scheduler batches them."""
+    max_queued_requests: int = Field(256, ge=-1)
+    """Requests that may wait for this pool beyond its replicas' max_ongoing_requests (-1: unbounded); past
+    it the router answers 429 with Retry-After instead of letting latency grow without bound."""
 
     @model_validator(mode="after")
     def _no_reserved_engine_args(self) -> PoolConfig:
@@ -103,6 +106,8 @@ class KVTransferConfig(StrictModel):
     """NIXL handshake port; None picks a free port per replica (several replicas per host)."""
     lease_seconds: int = Field(30, ge=1)
     """How long a prefill replica pins KV blocks that no decode replica has pulled (vLLM `kv_lease_duration`)."""
+    load_failure_policy: Literal["recompute", "fail"] = "recompute"
+    """What decode does when a NIXL pull fails: recompute the prompt (counted as a transfer failure) or fail."""
 
 
 class RouterConfig(StrictModel):
@@ -118,6 +123,14 @@ class RouterConfig(StrictModel):
     """Longest wait for a whole non-streamed completion."""
     num_cpus: float = Field(0.5, ge=0)
     max_ongoing_requests: int = Field(256, ge=1)
+    fallback_to_decode: bool = True
+    """When the prefill leg fails (5xx, timeout, replica gone), serve the request on decode alone."""
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    """Larger request bodies get 413."""
+    api_keys_env: str = "PDSERVE_API_KEYS"
+    """Environment variable with comma-separated API keys (e.g. from a Kubernetes Secret); unset or empty:
+    no authentication. /health stays open."""
+    retry_after_s: int = Field(2, ge=1)
 
     def leg_timeout_s(self, stream: bool) -> float:
         """A stream must start within the first-token bound; a unary reply must finish within the request bound."""

@@ -52,6 +52,7 @@ def kv_transfer_config(config: PDServeConfig, role: Role) -> dict[str, Any] | No
         "kv_connector": kv.connector,
         "kv_role": kv_role,
         "kv_buffer_device": kv.buffer_device,
+        "kv_load_failure_policy": kv.load_failure_policy,
         "kv_connector_extra_config": {"backends": list(kv.backends), "kv_lease_duration": kv.lease_seconds},
     }
     if config.device == "cpu":

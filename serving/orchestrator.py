@@ -8,6 +8,7 @@ replica yields it; nothing here buffers tokens.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -42,17 +43,34 @@ async def _first(stream) -> LegReply:
     return await stream.__anext__()
 
 
-async def _rest(stream) -> AsyncIterator[str]:
-    async for chunk in stream:
-        yield chunk
+async def _rest(stream, leg: str) -> AsyncIterator[str]:
+    try:
+        async for chunk in stream:
+            yield chunk
+    except Exception as exc:  # the replica died or failed after tokens went out: say so, never just stop
+        log.warning("pdserve: %s stream broke after its first chunk: %r", leg, exc)
+        error = {"error": {"message": f"{leg} failed mid-stream: {type(exc).__name__}", "type": "InternalServerError",
+                           "param": None, "code": 500}}
+        yield f"data: {json.dumps(error)}\n\n"
+        yield "data: [DONE]\n\n"
 
 
 def _unavailable(leg: str, exc: BaseException) -> LegReply:
+    from ray.serve.exceptions import BackPressureError
+
     if isinstance(exc, asyncio.TimeoutError):
         return error_reply(ROUTER, f"{leg} timed out", HTTPStatus.GATEWAY_TIMEOUT, "TimeoutError", None)
-    log.exception("pdserve: %s leg failed", leg, exc_info=exc)
+    if isinstance(exc, BackPressureError):
+        return error_reply(ROUTER, f"{leg} pool is at capacity, retry later", HTTPStatus.TOO_MANY_REQUESTS,
+                           "RateLimitError", None)
+    log.warning("pdserve: %s leg failed: %r", leg, exc)
     return error_reply(ROUTER, f"{leg} failed: {type(exc).__name__}", HTTPStatus.SERVICE_UNAVAILABLE,
                        "ServiceUnavailableError", None)
+
+
+def retryable(reply: LegReply) -> bool:
+    """A leg that failed for reasons of the server (replica gone, engine error), not of the request."""
+    return reply.status >= 500
 
 
 async def run_leg(handle, endpoint: Endpoint, body: dict[str, Any], stream: bool, timeout_s: float, leg: str):
@@ -62,7 +80,7 @@ async def run_leg(handle, endpoint: Endpoint, body: dict[str, Any], stream: bool
             return await asyncio.wait_for(handle.complete.remote(endpoint, body), timeout_s), None
         chunks = handle.options(stream=True).generate.remote(endpoint, body)
         head = await asyncio.wait_for(_first(chunks), timeout_s)
-        return head, (_rest(chunks) if head.status == 200 else None)
+        return head, (_rest(chunks, leg) if head.status == 200 else None)
     except Exception as exc:  # Ray actor death, cancellation by timeout, serialization errors
         return _unavailable(leg, exc), None
 
@@ -111,20 +129,33 @@ class DisaggregatedOrchestrator(Orchestrator):
                                    self.router.prefill_timeout_s, "prefill")
         stages = {"prefill": time.perf_counter() - started}
         replicas = {"prefill": prefill.replica}
+        params = (prefill.body or {}).get("kv_transfer_params") if prefill.status == 200 else None
+        path = "disaggregated"
+        if prefill.status == 200 and not params:
+            prefill = error_reply(ROUTER, "prefill returned no kv_transfer_params (is kv_role kv_producer?)",
+                                  HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerError", None)
         if prefill.status != 200:
-            return Outcome(prefill, replicas=replicas, stages=stages)
-        params = (prefill.body or {}).get("kv_transfer_params")
-        if not params:
-            reply = error_reply(ROUTER, "prefill returned no kv_transfer_params (is kv_role kv_producer?)",
-                                HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerError", None)
-            return Outcome(reply, replicas=replicas, stages=stages)
+            if not (retryable(prefill) and self.router.fallback_to_decode):
+                return Outcome(prefill, replicas=replicas, stages=stages)
+            # Decode recomputes the prompt itself: slower, but the request is served.
+            log.warning("pdserve: prefill failed (%s); serving %s on decode alone", prefill.status,
+                        body.get("request_id"))
+            path = "fallback"
+        return await self._decode(endpoint, decode_request(body, params), replicas, path, stages)
+
+    async def _decode(self, endpoint: Endpoint, body: dict[str, Any], replicas: dict[str, str], path: str,
+                      stages: dict[str, float]) -> Outcome:
+        """The decode leg, retried once when it fails before its first reply (another replica may take it)."""
         stream = bool(body.get("stream"))
-        decode_body, dropped = with_usage(decode_request(body, params))
-        started = time.perf_counter()
-        head, rest = await run_leg(self.pools["decode"], endpoint, decode_body, stream,
-                                   self.router.leg_timeout_s(stream), "decode")
+        decode_body, dropped = with_usage(body)
+        for attempt in range(2):
+            started = time.perf_counter()
+            head, rest = await run_leg(self.pools["decode"], endpoint, decode_body, stream,
+                                       self.router.leg_timeout_s(stream), "decode")
+            if not (retryable(head) and head.replica == ROUTER and attempt == 0):
+                break
         replicas["decode"] = head.replica
-        return Outcome(head, rest, replicas, "disaggregated", stages, started, dropped)
+        return Outcome(head, rest, replicas, path, stages, started, dropped)
 
 
 class ColocatedOrchestrator(Orchestrator):

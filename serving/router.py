@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
+import os
 import time
 import uuid
 from typing import Any
@@ -41,9 +43,40 @@ app.add_exception_handler(StarletteHTTPException, http_exception_handler)
 app.state.args = argparse.Namespace(log_error_stack=False)
 
 
-def _headers(outcome: Outcome) -> dict[str, str]:
+def error_response(status: int, message: str, err_type: str, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": err_type, "param": param, "code": status}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def authorized(request: Request, keys: list[str]) -> bool:
+    """Like `vllm serve --api-key`: with keys set, /v1 routes need `Authorization: Bearer <key>`."""
+    if not keys or not request.url.path.startswith("/v1"):
+        return True
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and any(hmac.compare_digest(token.strip(), key) for key in keys)
+
+
+@app.middleware("http")
+async def guard(request: Request, call_next):
+    """Checks that need no parsing, before anything parses: API key, then the body's declared size."""
+    state = request.app.state
+    if not authorized(request, getattr(state, "api_keys", [])):
+        return error_response(401, "invalid or missing API key (Authorization: Bearer <key>)",
+                              "AuthenticationError")
+    limit = getattr(state, "max_body_bytes", None)
+    length = request.headers.get("content-length")
+    if limit is not None and length is not None and length.isdigit() and int(length) > limit:
+        return error_response(413, f"request body of {length} bytes exceeds the limit of {limit}",
+                              "RequestTooLargeError")
+    return await call_next(request)
+
+
+def _headers(outcome: Outcome, retry_after_s: int) -> dict[str, str]:
     # X-Request-Id itself is echoed by Serve's proxy (it honours the client's value and passes it to us).
     headers = {}
+    if outcome.reply.status in (429, 503):
+        headers["Retry-After"] = str(retry_after_s)
     for role, replica in outcome.replicas.items():
         headers[f"X-PDServe-{role.capitalize()}-Replica"] = replica
     return headers
@@ -57,6 +90,9 @@ class PDRouter:
         orchestrator = DisaggregatedOrchestrator if self.config.mode == "disaggregated" else ColocatedOrchestrator
         self.orchestrate = orchestrator(pools, self.config)
         self.metrics = RouterMetrics(self.config.model.served_name)
+        keys = os.environ.get(self.config.router.api_keys_env, "")
+        app.state.api_keys = [key.strip() for key in keys.split(",") if key.strip()]
+        app.state.max_body_bytes = self.config.router.max_body_bytes
 
     async def _serve(self, endpoint: Endpoint, request: ChatCompletionRequest | CompletionRequest, raw: Request):
         arrived = time.perf_counter()
@@ -69,7 +105,7 @@ class PDRouter:
         except BaseException:
             self.metrics.leave()
             raise
-        headers = _headers(outcome)
+        headers = _headers(outcome, self.config.router.retry_after_s)
         if outcome.stream is None:
             self._finish(endpoint, outcome, arrived, outcome.reply.status, outcome.reply.body)
             return JSONResponse(outcome.reply.body, status_code=outcome.reply.status, headers=headers)

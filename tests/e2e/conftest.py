@@ -17,9 +17,12 @@ from tests.e2e import stack as stack_lib  # noqa: E402
 EXACT_CONFIG = "configs/cpu-exact.yaml"
 AUTOSCALE_CONFIG = "configs/cpu-autoscale.yaml"
 
+API_KEY = stack_lib.API_KEY
+# group -> stack name -> (pdserve up arguments, extra environment)
 GROUPS = {
-    "main": {"pd": ("--config", EXACT_CONFIG), "colocated": ("--config", EXACT_CONFIG, "--mode", "colocated")},
-    "autoscale": {"autoscale": ("--config", AUTOSCALE_CONFIG)},
+    "main": {"pd": (("--config", EXACT_CONFIG), {}),
+             "colocated": (("--config", EXACT_CONFIG, "--mode", "colocated"), {})},
+    "autoscale": {"autoscale": (("--config", AUTOSCALE_CONFIG), {"PDSERVE_API_KEYS": f"other-key,{API_KEY}"})},
 }
 
 
@@ -35,8 +38,8 @@ class StackManager:
         if group != self.group:
             self.stop_all()
             self.group = group
-            self.running = {member: stack_lib.start(member, free_port(), free_port(), self.log_dir, *args)
-                            for member, args in GROUPS[group].items()}
+            self.running = {member: stack_lib.start(member, free_port(), free_port(), self.log_dir, *args, env=env)
+                            for member, (args, env) in GROUPS[group].items()}
             for stack in self.running.values():
                 stack_lib.wait_ready(stack)
         return self.running[name]
@@ -73,6 +76,12 @@ def colocated_stack(stacks):
 @pytest.fixture
 def autoscale_stack(stacks):
     return stacks.get("autoscale")
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    """Headers the autoscale stack (started with API keys) requires on /v1 routes."""
+    return {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = float(os.environ.get("PDSERVE_TEST_STARTUP_TIMEOUT", 900))
+API_KEY = "e2e-secret-key"  # the autoscale stack is started with it in PDSERVE_API_KEYS
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @dataclass
@@ -45,10 +47,11 @@ class Stack:
         return httpx.get(f"{self.base_url}/pdserve/stats", timeout=30).json()
 
 
-def start(name: str, port: int, metrics_port: int, log_dir: Path, *extra: str) -> Stack:
+def start(name: str, port: int, metrics_port: int, log_dir: Path, *extra: str,
+          env: dict[str, str] | None = None) -> Stack:
     log_path = log_dir / f"{name}.log"
     cmd = [sys.executable, "-m", "serving.cli", "up", "--port", str(port), "--metrics-port", str(metrics_port), *extra]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     return Stack(name, port, metrics_port, log_path, proc)

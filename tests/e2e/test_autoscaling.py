@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.e2e.stack import AUTH
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +50,7 @@ def send_traffic(stack) -> dict[str, int]:
     """Two streamed chats and two unary completions with known token counts."""
     sent = {"requests": 0, "generated": 0, "prompt": 0}
     for i in range(2):
-        with httpx.stream("POST", f"{stack.api_url}/chat/completions", timeout=300, json={
+        with httpx.stream("POST", f"{stack.api_url}/chat/completions", timeout=300, headers=AUTH, json={
                 "model": MODEL, "messages": [{"role": "user", "content": f"Count to {i + 5}."}], "max_tokens": 8,
                 "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}) as response:
             lines = [line for line in response.iter_lines() if line.startswith("data: {")]
@@ -57,7 +59,7 @@ def send_traffic(stack) -> dict[str, int]:
         sent["generated"] += usage["completion_tokens"]
         sent["prompt"] += usage["prompt_tokens"]
     for i in range(2):
-        body = httpx.post(f"{stack.api_url}/completions", timeout=300, json={
+        body = httpx.post(f"{stack.api_url}/completions", timeout=300, headers=AUTH, json={
             "model": MODEL, "prompt": f"Request {i}: the weather today is", "max_tokens": 6, "ignore_eos": True}).json()
         sent["requests"] += 1
         sent["generated"] += body["usage"]["completion_tokens"]
@@ -65,33 +67,57 @@ def send_traffic(stack) -> dict[str, int]:
     return sent
 
 
+def settled(stack) -> dict:
+    """A scrape taken once the router's counters stop moving (Ray exports every few seconds)."""
+    previous = None
+    for _ in range(30):
+        samples = scrape(stack)
+        key = (total(samples, "ray_pdserve_generation_tokens_total"), total(samples, "ray_pdserve_requests_total"))
+        if key == previous:
+            return samples
+        previous = key
+        time.sleep(6)
+    return samples
+
+
+class Delta:
+    def __init__(self, before, after):
+        self.before, self.after = before, after
+
+    def __call__(self, name: str, **labels: str) -> float:
+        return total(self.after, name, **labels) - total(self.before, name, **labels)
+
+
 def test_every_documented_metric_is_exported_with_plausible_values(autoscale_stack):
+    before = settled(autoscale_stack)
     sent = send_traffic(autoscale_stack)
     deadline = time.monotonic() + 60  # Ray pushes metrics to its exporter every few seconds
     while True:
         samples = scrape(autoscale_stack)
-        if total(samples, "ray_pdserve_generation_tokens_total") >= sent["generated"] or time.monotonic() > deadline:
+        done = Delta(before, samples)("ray_pdserve_generation_tokens_total") >= sent["generated"]
+        if done or time.monotonic() > deadline:
             break
         time.sleep(2)
+    delta = Delta(before, samples)
     exported = {re.sub(r"_(bucket|sum|count)$", "", name) for name in samples}
     # Gauges/counters that only appear once they are non-zero are driven below; failures need failures.
     optional = {"ray_pdserve_kv_transfer_failures_total", "ray_pdserve_pool_prefix_cache_hits_total"}
     assert documented_metrics() - optional <= exported, documented_metrics() - optional - exported
 
-    assert total(samples, "ray_pdserve_generation_tokens_total") == sent["generated"]
-    assert total(samples, "ray_pdserve_prompt_tokens_total") == sent["prompt"]
-    assert total(samples, "ray_pdserve_requests_total", outcome="ok") == sent["requests"]
-    ttft = total(samples, "ray_pdserve_ttft_seconds_sum") / total(samples, "ray_pdserve_ttft_seconds_count")
-    e2e = total(samples, "ray_pdserve_e2e_latency_seconds_sum") / total(samples, "ray_pdserve_e2e_latency_seconds_count")
-    assert total(samples, "ray_pdserve_ttft_seconds_count") == 2  # the streamed ones
+    assert delta("ray_pdserve_generation_tokens_total") == sent["generated"]
+    assert delta("ray_pdserve_prompt_tokens_total") == sent["prompt"]
+    assert delta("ray_pdserve_requests_total", outcome="ok") == sent["requests"]
+    assert delta("ray_pdserve_ttft_seconds_count") == 2  # the streamed ones
+    ttft = delta("ray_pdserve_ttft_seconds_sum") / delta("ray_pdserve_ttft_seconds_count")
+    e2e = delta("ray_pdserve_e2e_latency_seconds_sum") / delta("ray_pdserve_e2e_latency_seconds_count")
     assert 0 < ttft < e2e
-    assert total(samples, "ray_pdserve_ttft_stage_seconds_count", stage="prefill") == sent["requests"]
-    assert total(samples, "ray_pdserve_ttft_stage_seconds_count", stage="decode_first_token") == 2
-    assert 0 < total(samples, "ray_pdserve_tpot_seconds_sum") / total(samples, "ray_pdserve_tpot_seconds_count") < 5
-    assert total(samples, "ray_pdserve_kv_transfers_total", pool="decode") >= sent["requests"]
-    assert total(samples, "ray_pdserve_kv_transfer_bytes_total", pool="decode") > 0
-    assert total(samples, "ray_pdserve_pool_prompt_tokens_total", pool="decode", source="kv_transfer") > 0
-    assert total(samples, "ray_pdserve_pool_prompt_tokens_total", pool="prefill", source="computed") > 0
+    assert delta("ray_pdserve_ttft_stage_seconds_count", stage="prefill") == sent["requests"]
+    assert delta("ray_pdserve_ttft_stage_seconds_count", stage="decode_first_token") == 2
+    assert 0 < delta("ray_pdserve_tpot_seconds_sum") / delta("ray_pdserve_tpot_seconds_count") < 5
+    assert delta("ray_pdserve_kv_transfers_total", pool="decode") >= sent["requests"]
+    assert delta("ray_pdserve_kv_transfer_bytes_total", pool="decode") > 0
+    assert delta("ray_pdserve_pool_prompt_tokens_total", pool="decode", source="kv_transfer") > 0
+    assert delta("ray_pdserve_pool_prompt_tokens_total", pool="prefill", source="computed") > 0
     assert "ray_vllm_num_requests_running" in samples  # vLLM's own engine metrics ride along
 
 
@@ -112,7 +138,7 @@ def test_dashboard_and_alert_queries_name_exported_metrics(autoscale_stack):
 
 def test_a_burst_grows_the_decode_pool(autoscale_stack):
     def one(i):
-        return httpx.post(f"{autoscale_stack.api_url}/completions", timeout=600, json={
+        return httpx.post(f"{autoscale_stack.api_url}/completions", timeout=600, headers=AUTH, json={
             "model": MODEL, "prompt": f"{i}: tell me a long story about a dragon", "max_tokens": 64,
             "ignore_eos": True}).status_code
 
@@ -142,7 +168,7 @@ def test_idle_pools_go_to_zero_and_the_first_request_brings_them_back(autoscale_
     assert health.status_code == 200 and set(health.json()["pools"].values()) == {"scaled to zero"}
 
     started = time.monotonic()
-    reply = httpx.post(f"{autoscale_stack.api_url}/chat/completions", timeout=600, json={
+    reply = httpx.post(f"{autoscale_stack.api_url}/chat/completions", timeout=600, headers=AUTH, json={
         "model": MODEL, "messages": [{"role": "user", "content": "Hello again"}], "max_tokens": 8})
     assert reply.status_code == 200, reply.text
     assert reply.json()["choices"][0]["message"]["content"]
