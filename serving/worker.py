@@ -127,7 +127,10 @@ class LLMServer:
 
     async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> LegReply:
         """A non-streaming call (the prefill leg, or a client that did not ask for a stream)."""
-        reply, stream = await self._reply_or_stream(endpoint, body)
+        try:
+            reply, stream = await self._reply_or_stream(endpoint, body)
+        except Exception as exc:  # never let an engine-side bug look like a dead replica to the router
+            return self._internal_error(exc)
         if stream is not None:  # the caller asked for stream=True on a unary call
             async for _ in stream:
                 pass
@@ -137,11 +140,20 @@ class LLMServer:
 
     async def generate(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[LegReply | str]:
         """A streaming call: yields a `LegReply` first, then (when it streams) vLLM's SSE lines."""
-        reply, stream = await self._reply_or_stream(endpoint, body)
+        try:
+            reply, stream = await self._reply_or_stream(endpoint, body)
+        except Exception as exc:
+            yield self._internal_error(exc)
+            return
         yield reply
         if stream is not None:
             async for chunk in stream:
                 yield chunk
+
+    def _internal_error(self, exc: Exception) -> LegReply:
+        log.exception("pdserve: %s leg raised", self.role)
+        return error_reply(self.replica, f"{self.role} failed: {type(exc).__name__}: {exc}",
+                           HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerError", None)
 
     async def models(self) -> dict[str, Any]:
         return (await self.state.openai_serving_models.show_available_models()).model_dump()

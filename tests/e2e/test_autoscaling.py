@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,11 +48,13 @@ def replicas(stack) -> dict[str, dict[str, int]]:
 
 
 def send_traffic(stack) -> dict[str, int]:
-    """Two streamed chats and two unary completions with known token counts."""
+    """Two streamed chats and two unary completions with known token counts; unique openings, so that no
+    engine finds a block in its own prefix cache and every request pulls its KV over NIXL."""
     sent = {"requests": 0, "generated": 0, "prompt": 0}
     for i in range(2):
         with httpx.stream("POST", f"{stack.api_url}/chat/completions", timeout=300, headers=AUTH, json={
-                "model": MODEL, "messages": [{"role": "user", "content": f"Count to {i + 5}."}], "max_tokens": 8,
+                "model": MODEL, "messages": [{"role": "user", "content": f"{uuid.uuid4().hex} Count to {i + 5}."}],
+                "max_tokens": 8,
                 "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}) as response:
             lines = [line for line in response.iter_lines() if line.startswith("data: {")]
         usage = httpx.Response(200, content=lines[-1][6:]).json()["usage"]
@@ -60,7 +63,8 @@ def send_traffic(stack) -> dict[str, int]:
         sent["prompt"] += usage["prompt_tokens"]
     for i in range(2):
         body = httpx.post(f"{stack.api_url}/completions", timeout=300, headers=AUTH, json={
-            "model": MODEL, "prompt": f"Request {i}: the weather today is", "max_tokens": 6, "ignore_eos": True}).json()
+            "model": MODEL, "prompt": f"{uuid.uuid4().hex} Request {i}: the weather today is", "max_tokens": 6,
+            "ignore_eos": True}).json()
         sent["requests"] += 1
         sent["generated"] += body["usage"]["completion_tokens"]
         sent["prompt"] += body["usage"]["prompt_tokens"]

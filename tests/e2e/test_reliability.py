@@ -158,7 +158,9 @@ BOUNDED = {"max_tokens", "max_completion_tokens", "min_tokens", "n", "best_of"}
 
 
 def bounded(field: str, value):
-    """Keep generation short: a count that vLLM would accept as-is is pinned to a small one."""
+    """Keep generation short: a count vLLM would accept (or a null, meaning "up to the context") is pinned small."""
+    if field in BOUNDED and (value is None or isinstance(value, float) and value == value and 0 < value < 10**6):
+        return 3
     if field in BOUNDED and isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**6:
         return min(value, 3)
     return value

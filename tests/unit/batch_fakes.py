@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.unit.threaded_server import serve_in_thread
 
 
 def chat_line(custom_id: str, prompt: str | None = None, **body: Any) -> dict[str, Any]:
@@ -113,15 +114,5 @@ def serve_fake(delay_s: float = 0.0):
     """Yields (base URL, calls counter) of a fake OpenAI server on 127.0.0.1 in a thread."""
     calls: Counter[str] = Counter()
     handler = type("Handler", (_Handler,), {"delay_s": delay_s, "calls": calls})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler, bind_and_activate=False)
-    server.request_queue_size = 128  # a burst of connects must not overflow the backlog (1 s SYN retries)
-    server.server_bind()
-    server.server_activate()
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", calls
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_in_thread(handler, backlog=128) as url:
+        yield url, calls

@@ -11,7 +11,9 @@ import json
 import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.unit.threaded_server import serve_in_thread
 
 MODEL = "fake-model"
 
@@ -78,15 +80,5 @@ class FakeOpenAI(BaseHTTPRequestHandler):
 def serve_fake(fail_every: int = 0):
     """Yields the base URL of a fake server running in a thread."""
     handler = type("Handler", (FakeOpenAI,), {"fail_every": fail_every})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler, bind_and_activate=False)
-    server.request_queue_size = 256  # a burst of connects must not overflow the backlog (1 s SYN retries)
-    server.server_bind()
-    server.server_activate()
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_in_thread(handler) as url:
+        yield url
