@@ -97,7 +97,9 @@ class PDRouter:
     async def _serve(self, endpoint: Endpoint, request: ChatCompletionRequest | CompletionRequest, raw: Request):
         arrived = time.perf_counter()
         request_id = raw.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        body = request.model_dump(exclude_unset=True)
+        # Forward what the client sent (FastAPI has validated it with vLLM's model and cached it): the replica
+        # parses it again with the same model, and a model_dump could hold lazy iterators that cannot be pickled.
+        body = await raw.json()
         body["request_id"] = request_id
         self.metrics.enter()
         try:

@@ -107,3 +107,11 @@ def test_cli_printed_the_api_and_metrics_urls(pd_stack):
     assert f"http://127.0.0.1:{pd_stack.metrics_port}/metrics" in log
     metrics = httpx.get(f"http://127.0.0.1:{pd_stack.metrics_port}/metrics", timeout=30)
     assert metrics.status_code == 200 and "ray_" in metrics.text
+
+
+def test_chat_with_content_parts(client, model_name):
+    """The SDK's list-of-parts message content (typed as an iterable in vLLM's protocol) crosses both legs."""
+    reply = client.chat.completions.create(
+        model=model_name, max_tokens=4,
+        messages=[{"role": "user", "content": [{"type": "text", "text": "Say"}, {"type": "text", "text": "hi"}]}])
+    assert reply.choices[0].message.content and reply.usage.completion_tokens >= 1
