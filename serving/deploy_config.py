@@ -174,6 +174,9 @@ class KubernetesConfig(DeployModel):
     """Ray in `image`; KubeRay uses it to pick compatible behaviour."""
     hf_token_secret: str | None = "hf-token"
     """Secret (key `token`) exported as HF_TOKEN for gated models; optional, pods start without it."""
+    api_keys_secret: str | None = "pdserve-api-keys"
+    """Secret (key `keys`: comma-separated API keys) exported as `router.api_keys_env`; optional: without it the
+    API is open. Keys never appear in a manifest."""
     operator_namespace: str = "kuberay-system"
     """Where the KubeRay operator runs: the NetworkPolicy lets it reach the dashboard."""
     gpu_operator_namespace: str = "gpu-operator"

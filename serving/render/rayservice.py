@@ -89,7 +89,7 @@ def _head_group(config: PDServeConfig) -> dict[str, Any]:
     }
     container = {
         "name": "ray-head",
-        **_container_basics(k),
+        **_container_basics(k, config.router.api_keys_env),
         "ports": _ports(ports),
         "resources": {"requests": dict(size), "limits": dict(size)},
         "readinessProbe": _http_probe("/api/gcs_healthz", names.DASHBOARD_PORT, initial=10, failures=10),
@@ -153,7 +153,7 @@ def _worker_pod(config: PDServeConfig, role: str, group: GroupConfig) -> dict[st
     }
     container = {
         "name": "ray-worker",
-        **_container_basics(k),
+        **_container_basics(k, config.router.api_keys_env),
         "ports": _ports(ports),
         "resources": {
             "requests": {"cpu": group.cpu, "memory": group.memory, gpu: 1},
@@ -183,7 +183,7 @@ def _worker_pod(config: PDServeConfig, role: str, group: GroupConfig) -> dict[st
     }
 
 
-def _container_basics(k: KubernetesConfig) -> dict[str, Any]:
+def _container_basics(k: KubernetesConfig, api_keys_env: str) -> dict[str, Any]:
     env: list[dict[str, Any]] = [
         {"name": "HF_HOME", "value": f"{HOME}/.cache/huggingface"},
         {"name": "PDSERVE_CACHE", "value": f"{HOME}/.cache/pdserve"},
@@ -193,6 +193,13 @@ def _container_basics(k: KubernetesConfig) -> dict[str, Any]:
             {
                 "name": "HF_TOKEN",
                 "valueFrom": {"secretKeyRef": {"name": k.hf_token_secret, "key": "token", "optional": True}},
+            }
+        )
+    if k.api_keys_secret:
+        env.append(
+            {
+                "name": api_keys_env,
+                "valueFrom": {"secretKeyRef": {"name": k.api_keys_secret, "key": "keys", "optional": True}},
             }
         )
     return {
