@@ -121,6 +121,8 @@ class RouterConfig(StrictModel):
     """Longest wait for the decode leg's first reply (KV pull included)."""
     request_timeout_s: float = Field(600.0, gt=0)
     """Longest wait for a whole non-streamed completion."""
+    scale_from_zero_timeout_s: float = Field(600.0, gt=0)
+    """Longest wait for pools at zero replicas to come up (an engine's cold start; minutes on a busy CPU)."""
     num_cpus: float = Field(0.5, ge=0)
     max_ongoing_requests: int = Field(256, ge=1)
     fallback_to_decode: bool = True

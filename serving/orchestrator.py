@@ -111,7 +111,7 @@ class Orchestrator:
             return None
         try:
             await asyncio.wait_for(asyncio.gather(*(p.ping.remote() for p in self.pools.values())),
-                                   self.router.prefill_timeout_s)
+                                   self.router.scale_from_zero_timeout_s)
         except Exception as exc:
             return _unavailable("scale-from-zero", exc)
         return None

@@ -121,8 +121,9 @@ def test_a_flood_gets_only_200s_and_429s(pd_stack):
     wait_healthy(pd_stack)
 
     def send(i):
+        # ~1k-token prompts: each prefill takes a while on one core, so the pool's bounded queue really fills.
         return httpx.post(f"{pd_stack.api_url}/completions", timeout=600, json={
-            "model": MODEL, "prompt": f"{i} flood", "max_tokens": 4})
+            "model": MODEL, "prompt": f"{uuid.uuid4().hex} " + "flood " * 1000, "max_tokens": 4})
 
     with ThreadPoolExecutor(80) as pool:
         responses = list(pool.map(send, range(80)))
