@@ -72,15 +72,16 @@ def send_traffic(stack) -> dict[str, int]:
 
 
 def settled(stack) -> dict:
-    """A scrape taken once the router's counters stop moving (Ray exports every few seconds)."""
-    previous = None
-    for _ in range(30):
+    """A scrape taken once the router's counters have not moved for a while: Ray exports every few seconds,
+    so two equal scrapes close together can both predate the last requests' export."""
+    history: list[tuple[float, float]] = []
+    for _ in range(40):
         samples = scrape(stack)
-        key = (total(samples, "ray_pdserve_generation_tokens_total"), total(samples, "ray_pdserve_requests_total"))
-        if key == previous:
+        history.append((total(samples, "ray_pdserve_generation_tokens_total"),
+                        total(samples, "ray_pdserve_requests_total")))
+        if len(history) >= 4 and len(set(history[-4:])) == 1:
             return samples
-        previous = key
-        time.sleep(6)
+        time.sleep(5)
     return samples
 
 

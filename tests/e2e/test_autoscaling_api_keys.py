@@ -1,4 +1,6 @@
-"""API keys (like `vllm serve --api-key`): the autoscale stack is started with PDSERVE_API_KEYS set."""
+"""API keys (like `vllm serve --api-key`): the autoscale stack is started with PDSERVE_API_KEYS set.
+
+Named to run after test_autoscaling.py, whose metric checks want a stack no other test has used yet."""
 
 from __future__ import annotations
 
