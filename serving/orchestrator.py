@@ -18,7 +18,7 @@ from typing import Any
 
 from serving.config import PDServeConfig
 from serving.kv import decode_request, prefill_request
-from serving.worker import Endpoint, LegReply, error_reply
+from serving.worker import Endpoint, LegReply, error_body, error_reply
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,7 @@ async def _rest(stream, leg: str) -> AsyncIterator[str]:
             yield chunk
     except Exception as exc:  # the replica died or failed after tokens went out: say so, never just stop
         log.warning("pdserve: %s stream broke after its first chunk: %r", leg, exc)
-        error = {"error": {"message": f"{leg} failed mid-stream: {type(exc).__name__}", "type": "InternalServerError",
-                           "param": None, "code": 500}}
+        error = error_body(f"{leg} failed mid-stream: {type(exc).__name__}", 500, "InternalServerError")
         yield f"data: {json.dumps(error)}\n\n"
         yield "data: [DONE]\n\n"
 

@@ -30,7 +30,7 @@ from serving.config import PDServeConfig
 from serving.metrics import RouterMetrics, outcome_of
 from serving.orchestrator import ColocatedOrchestrator, DisaggregatedOrchestrator, Outcome
 from serving.streaming import StreamTiming, metered
-from serving.worker import Endpoint
+from serving.worker import Endpoint, error_body
 
 REQUEST_ID_HEADER = "X-Request-Id"
 
@@ -45,8 +45,7 @@ app.state.args = argparse.Namespace(log_error_stack=False)
 
 def error_response(status: int, message: str, err_type: str, param: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": err_type, "param": param, "code": status}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(message, status, err_type, param), status_code=status, headers=headers)
 
 
 def authorized(request: Request, keys: list[str]) -> bool:

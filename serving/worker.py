@@ -45,9 +45,13 @@ def _lower_niceness() -> None:
             log.warning("pdserve: replica runs at nice %d and may not lower it (set RAY_worker_niceness=0)", current)
 
 
+def error_body(message: str, status: int, err_type: str, param: str | None = None) -> dict[str, Any]:
+    """The OpenAI error object, as vLLM's ErrorResponse serializes it."""
+    return {"error": {"message": message, "type": err_type, "param": param, "code": int(status)}}
+
+
 def error_reply(replica: str, message: str, status: HTTPStatus, err_type: str, param: str | None) -> LegReply:
-    body = {"error": {"message": message, "type": err_type, "param": param, "code": int(status)}}
-    return LegReply(int(status), body, replica)
+    return LegReply(int(status), error_body(message, status, err_type, param), replica)
 
 
 def validation_reply(replica: str, exc: ValidationError) -> LegReply:

@@ -16,21 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from serving.local import wait_healthy
+
 pytestmark = pytest.mark.e2e
 
 MODEL = "SmolLM2-135M-Instruct"
-
-
-def wait_healthy(stack, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{stack.base_url}/health", timeout=15).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise AssertionError(f"stack not healthy after {timeout_s}s")
+HEALTHY_WITHIN_S = 300
 
 
 def wait_idle(stack, timeout_s: float) -> dict:
@@ -75,14 +66,14 @@ def test_killing_the_prefill_replica_loses_no_request(pd_stack):
     print(f"killed prefill pid {prefill_pid}: {len(responses)} sent, {len(responses)} succeeded, "
           f"{fallback_count(pd_stack) - fallbacks_before:.0f} served by the decode-only fallback")
 
-    wait_healthy(pd_stack)  # Serve replaced the replica
+    wait_healthy(pd_stack.base_url, HEALTHY_WITHIN_S)  # Serve replaced the replica
     assert pd_stack.stats()["prefill"]["pid"] != prefill_pid
     again = send(0)
     assert again.status_code == 200 and "PrefillServer" in again.headers["x-pdserve-prefill-replica"]
 
 
 def test_disconnects_abort_both_legs_and_free_the_kv(pd_stack):
-    wait_healthy(pd_stack)
+    wait_healthy(pd_stack.base_url, HEALTHY_WITHIN_S)
     before = wait_idle(pd_stack, 60)
     assert all(v == (0.0, 0, 0) for v in before.values()), before
     body = {"model": MODEL, "prompt": f"{uuid.uuid4().hex} " + "tell me everything " * 50, "max_tokens": 400,
@@ -118,7 +109,7 @@ def pd_stack_lease_s() -> int:
 
 
 def test_a_flood_gets_only_200s_and_429s(pd_stack):
-    wait_healthy(pd_stack)
+    wait_healthy(pd_stack.base_url, HEALTHY_WITHIN_S)
 
     def send(i):
         # ~1k-token prompts: each prefill takes a while on one core, so the pool's bounded queue really fills.
@@ -136,7 +127,7 @@ def test_a_flood_gets_only_200s_and_429s(pd_stack):
     for r in responses:
         if r.status_code == 429:
             assert r.headers["retry-after"].isdigit() and r.json()["error"]["type"] == "RateLimitError"
-    wait_healthy(pd_stack)
+    wait_healthy(pd_stack.base_url, HEALTHY_WITHIN_S)
     assert send(0).status_code == 200
 
 
@@ -191,7 +182,7 @@ def hostile_request(draw):
 
 
 def test_hostile_inputs_never_get_a_5xx(pd_stack):
-    wait_healthy(pd_stack)
+    wait_healthy(pd_stack.base_url, HEALTHY_WITHIN_S)
     seen: dict[int, int] = {}
 
     @hypothesis.settings(max_examples=300, deadline=None, derandomize=True, database=None,
