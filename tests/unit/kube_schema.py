@@ -3,7 +3,9 @@
 A CRD's `openAPIV3Schema` is made strict the way the API server prunes: an object schema with `properties`
 and without `x-kubernetes-preserve-unknown-fields` accepts no other field. Missing fields that have a
 `default` are filled in first (the API server defaults before it validates), so `required` + `default` passes.
-CEL `x-kubernetes-validations` are not evaluated; the rules that matter are ported as tests.
+The CRDs' CEL rules (`x-kubernetes-validations`) are evaluated too, with cel-python plus the Kubernetes string
+functions they use (`find`, `split`); transition rules (those that read `oldSelf`) only apply to updates and
+are skipped, as the API server skips them on create.
 """
 
 from __future__ import annotations
@@ -101,10 +103,64 @@ def validate_custom(doc: dict[str, Any]) -> list[str]:
     raw = crd_schemas()[(doc["apiVersion"], doc["kind"])]
     defaulted = apply_defaults(raw, copy.deepcopy(doc))
     validator = _validator(doc["apiVersion"], doc["kind"])
-    return [
+    errors = [
         f"{'.'.join(str(p) for p in err.absolute_path) or '<root>'}: {err.message}"
         for err in sorted(validator.iter_errors(defaulted), key=lambda e: list(map(str, e.absolute_path)))
     ]
+    return errors or cel_violations(raw, defaulted)
+
+
+def cel_violations(schema: dict[str, Any], value: Any, path: str = "<root>") -> list[str]:
+    """The `x-kubernetes-validations` rules `value` breaks, each named by its path and the rule's message."""
+    out = []
+    for validation in schema.get("x-kubernetes-validations", ()):
+        rule = validation["rule"]
+        if "oldSelf" in rule:
+            continue
+        try:  # a CEL BoolType compares equal to True; an error value or an exception rejects the object
+            ok = _cel_program(rule).evaluate({"self": _celpy().json_to_cel(value)}) == True  # noqa: E712
+        except Exception:
+            ok = False
+        if not ok:
+            out.append(f"{path}: {validation.get('message') or rule} (CEL: {rule})")
+    properties = schema.get("properties") or {}
+    extra = schema.get("additionalProperties")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            child = properties.get(name) or (extra if isinstance(extra, dict) else None)
+            if child is not None:
+                out += cel_violations(child, item, f"{path}.{name}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            out += cel_violations(schema["items"], item, f"{path}[{i}]")
+    return out
+
+
+def _celpy():
+    import celpy
+
+    return celpy
+
+
+@cache
+def _cel_program(rule: str):
+    celpy = _celpy()
+    env = celpy.Environment()
+    return env.program(env.compile(rule), functions={"find": _cel_find, "split": _cel_split})
+
+
+def _cel_find(text, pattern):
+    """Kubernetes' regex library: the first match of `pattern` in `text`, or ''."""
+    import re
+
+    match = re.search(str(pattern), str(text))
+    return _celpy().celtypes.StringType(match.group(0) if match else "")
+
+
+def _cel_split(text, separator):
+    """cel-go's strings extension."""
+    celtypes = _celpy().celtypes
+    return celtypes.ListType([celtypes.StringType(part) for part in str(text).split(str(separator))])
 
 
 def is_custom(doc: dict[str, Any]) -> bool:

@@ -105,6 +105,40 @@ def test_required_fields_with_defaults_are_defaulted_first():
     assert any("'consolidateAfter' is a required property" in e for e in kube_schema.validate_custom(pool))
 
 
+def _first_requirement(pool: dict) -> dict:
+    return pool["spec"]["template"]["spec"]["requirements"][0]
+
+
+@needs_crds
+@pytest.mark.parametrize(
+    ("kind", "mutate", "expected"),
+    [
+        ("EC2NodeClass", lambda nc: nc["spec"].update(instanceProfile="p"), "must specify exactly one of ['role', 'instanceProfile']"),
+        ("EC2NodeClass", lambda nc: nc["spec"].update(amiSelectorTerms=[{"alias": "al2023@latest", "id": "ami-1"}]), "CEL"),
+        ("EC2NodeClass", lambda nc: nc["spec"].update(amiFamily="Bottlerocket"), "CEL"),
+        ("NodePool", lambda pool: _first_requirement(pool).update(operator="In", values=[]), "CEL"),
+        ("NodePool", lambda pool: _first_requirement(pool).update(key="karpenter.sh/nodepool"), "CEL"),
+        ("NodePool", lambda pool: pool["spec"]["template"]["metadata"].setdefault("labels", {}).update(
+            {"karpenter.sh/nodepool": "x"}), "CEL"),
+        ("RayService", lambda rs: rs["spec"]["rayClusterConfig"].update(managedBy="someone-else"), "CEL"),
+    ],
+)
+def test_crd_cel_rules_are_evaluated(kind, mutate, expected):
+    doc = copy.deepcopy(one(KUBERAY / "h100-mig", kind))
+    assert kube_schema.validate_custom(doc) == []
+    mutate(doc)
+    errors = kube_schema.validate_custom(doc)
+    assert any(expected in e for e in errors), errors
+
+
+@needs_crds
+def test_cel_transition_rules_are_left_to_updates():
+    rule = {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "immutable"}], "type": "string"}
+    assert kube_schema.cel_violations(rule, "anything") == []
+    rule["x-kubernetes-validations"].append({"rule": "self != 'anything'", "message": "no"})
+    assert kube_schema.cel_violations(rule, "anything") == ["<root>: no (CEL: self != 'anything')"]
+
+
 @pytest.mark.parametrize("profile_dir", PROFILE_DIRS, ids=[p.name for p in PROFILE_DIRS])
 def test_kustomization_lists_every_file(profile_dir):
     (kustomization,) = documents(profile_dir / "kustomization.yaml")
