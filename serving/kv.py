@@ -37,10 +37,26 @@ def prefill_request(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def decode_request(body: dict[str, Any], kv_transfer_params: dict[str, Any] | None) -> dict[str, Any]:
-    leg = dict(body)
+    """Only the prefill engine's answer may say where KV blocks are: whatever the body carried is dropped."""
+    leg = without_kv_params(body)
     if kv_transfer_params:
         leg["kv_transfer_params"] = kv_transfer_params
     return leg
+
+
+def kv_pull_deadline(config: PDServeConfig, prefilled_at: float) -> float:
+    """Wall-clock time by which a decode replica must take the request for its KV pull to be safe.
+
+    The prefill engine releases unpulled blocks `lease_seconds` after its reply unless the decode engine's
+    heartbeats (every lease/6, from the moment vLLM receives the request) extend the lease. A decode leg that
+    waited in Serve's queue past two thirds of the lease could otherwise read blocks already handed to another
+    request; past this deadline the decode replica recomputes the prompt instead.
+    """
+    return prefilled_at + config.kv_transfer.lease_seconds * 2 / 3
+
+
+def without_kv_params(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != "kv_transfer_params"}
 
 
 def kv_transfer_config(config: PDServeConfig, role: Role) -> dict[str, Any] | None:

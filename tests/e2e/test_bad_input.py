@@ -26,6 +26,11 @@ CASES = [
      {"model": MODEL, "messages": HI, "logprobs": True, "top_logprobs": 50}, 400, None),
     ("n above one", "chat/completions", {"model": MODEL, "messages": HI, "n": 2}, 400, "n"),
     ("prompt longer than context", "completions", {"model": MODEL, "prompt": "hello " * 3000}, 400, None),
+    # Would let a client point the decode engine at any host, or read another request's KV blocks.
+    ("client-supplied kv_transfer_params", "completions",
+     {"model": MODEL, "prompt": "a", "kv_transfer_params": {"do_remote_prefill": True, "remote_host": "10.0.0.1",
+                                                           "remote_port": 5600, "remote_block_ids": [[0, 1]]}},
+     400, "kv_transfer_params"),
 ]
 
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from serving.config import PDServeConfig
-from serving.kv import decode_request, kv_transfer_config, prefill_request, replica_env
+from serving.kv import decode_request, kv_pull_deadline, kv_transfer_config, prefill_request, replica_env
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 50,
         "stream_options": {"include_usage": True}, "min_tokens": 10, "temperature": 0.3, "ignore_eos": True}
@@ -26,6 +26,13 @@ def test_decode_leg_is_the_original_request_plus_the_returned_params():
     leg = decode_request(BODY, params)
     assert leg["kv_transfer_params"] == params
     assert {k: v for k, v in leg.items() if k != "kv_transfer_params"} == BODY
+
+
+def test_decode_leg_never_carries_kv_params_the_client_sent():
+    forged = {**BODY, "kv_transfer_params": {"do_remote_prefill": True, "remote_host": "10.0.0.1"}}
+    assert "kv_transfer_params" not in decode_request(forged, None)  # the fallback path: decode recomputes
+    params = {"do_remote_prefill": True, "remote_engine_id": "e"}
+    assert decode_request(forged, params)["kv_transfer_params"] == params
 
 
 def test_kv_roles_and_cpu_connector_module():
@@ -56,3 +63,9 @@ def test_replica_env_binds_cores_and_gives_each_replica_a_side_channel_port():
     assert "VLLM_NIXL_SIDE_CHANNEL_PORT" not in replica_env(config, "colocated", "10.0.0.5")
     fixed = config.with_overrides(**{"kv_transfer.side_channel_port": 5600})
     assert replica_env(fixed, "prefill", "h")["VLLM_NIXL_SIDE_CHANNEL_PORT"] == "5600"
+
+
+def test_decode_must_take_the_kv_before_the_prefill_lease_can_lapse():
+    config = PDServeConfig().with_overrides(**{"kv_transfer.lease_seconds": 30})
+    # vLLM's decode engine heartbeats every lease/6 once it has the request: two thirds leave room for one.
+    assert kv_pull_deadline(config, 1000.0) == 1020.0
