@@ -33,6 +33,8 @@ class EngineCounters:
     kv_transfer_seconds: float = 0.0
     kv_transfer_failures: int = 0
     kv_expired_requests: int = 0
+    kv_pulls_skipped: int = 0
+    """Decode requests admitted after their KV pull deadline, which recomputed their prompt instead."""
     kv_connector_raw: dict[str, Any] = field(default_factory=dict)
     # (monotonic time, seconds) of recent engine-side TTFTs and inter-token latencies, for autoscaling.
     recent_ttft: deque = field(default_factory=lambda: deque(maxlen=512), repr=False)

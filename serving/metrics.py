@@ -41,6 +41,10 @@ class RouterMetrics:
                                                  "Generated tokens of finished requests.", tag_keys=keys)
         self._in_flight = 0
 
+    @property
+    def requests_in_flight(self) -> int:
+        return self._in_flight
+
     def tags(self, path: str) -> dict[str, str]:
         return {"model": self.model, "path": path}
 
@@ -83,6 +87,10 @@ class PoolMetrics:
                                           tag_keys=("pool",))
         self.kv_failures = metrics.Counter("pdserve_kv_transfer_failures_total", "Failed NIXL transfers.",
                                            tag_keys=("pool",))
+        self.kv_pulls_skipped = metrics.Counter(
+            "pdserve_kv_pulls_skipped_total",
+            "Decode requests that waited for a replica past their KV pull deadline and recomputed the prompt.",
+            tag_keys=("pool",))
 
     def record_step(self, running: int, waiting: int, kv_usage: float, queries: int, hits: int) -> None:
         self.queue.set(running, tags={**self.tags, "state": "running"})

@@ -11,13 +11,13 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
 from serving.config import PDServeConfig
-from serving.kv import decode_request, prefill_request
+from serving.kv import decode_request, kv_pull_deadline, prefill_request
 from serving.worker import Endpoint, LegReply, error_body, error_reply
 
 log = logging.getLogger(__name__)
@@ -72,12 +72,13 @@ def retryable(reply: LegReply) -> bool:
     return reply.status >= 500
 
 
-async def run_leg(handle, endpoint: Endpoint, body: dict[str, Any], stream: bool, timeout_s: float, leg: str):
+async def run_leg(handle, endpoint: Endpoint, body: dict[str, Any], stream: bool, timeout_s: float, leg: str,
+                  kv_deadline: float | None = None):
     """Call one pool; a stream comes back as (head, rest-of-stream), a unary call as (reply, None)."""
     try:
         if not stream:
-            return await asyncio.wait_for(handle.complete.remote(endpoint, body), timeout_s), None
-        chunks = handle.options(stream=True).generate.remote(endpoint, body)
+            return await asyncio.wait_for(handle.complete.remote(endpoint, body, kv_deadline), timeout_s), None
+        chunks = handle.options(stream=True).generate.remote(endpoint, body, kv_deadline)
         head = await asyncio.wait_for(_first(chunks), timeout_s)
         return head, (_rest(chunks, leg) if head.status == 200 else None)
     except Exception as exc:  # Ray actor death, cancellation by timeout, serialization errors
@@ -98,8 +99,11 @@ def with_usage(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 class Orchestrator:
     """Base: pools that may be at zero replicas are woken together before the first leg is sent."""
 
-    def __init__(self, pools: dict[str, Any], config: PDServeConfig):
-        self.pools, self.router = pools, config.router
+    def __init__(self, pools: dict[str, Any], config: PDServeConfig,
+                 running: Callable[[str], int | None] = lambda role: None):
+        self.pools, self.config, self.router = pools, config, config.router
+        self.running = running
+        """Running replicas of a pool as Serve's controller last reported them (None: not known yet)."""
         # A pool allowed to scale to zero may be cold. Waking every pool at once (a cheap call each, which Serve
         # queues until a replica is up) starts them in parallel, and decode is up before prefill pins KV that
         # would otherwise expire during decode's cold start.
@@ -124,12 +128,19 @@ class DisaggregatedOrchestrator(Orchestrator):
         if (failure := await self.wake()) is not None:
             return Outcome(failure)
         started = time.perf_counter()
-        prefill, _ = await run_leg(self.pools["prefill"], endpoint, prefill_request(body), False,
-                                   self.router.prefill_timeout_s, "prefill")
+        if self.prefill_down():
+            # Its replica died and Serve is starting another: waiting would stall the request for an engine's
+            # cold start; decode alone serves it now.
+            prefill = error_reply(ROUTER, "prefill pool has no running replica", HTTPStatus.SERVICE_UNAVAILABLE,
+                                  "ServiceUnavailableError", None)
+        else:
+            prefill, _ = await run_leg(self.pools["prefill"], endpoint, prefill_request(body), False,
+                                       self.router.prefill_timeout_s, "prefill")
         stages = {"prefill": time.perf_counter() - started}
         replicas = {"prefill": prefill.replica}
         params = (prefill.body or {}).get("kv_transfer_params") if prefill.status == 200 else None
         path = "disaggregated"
+        kv_deadline = kv_pull_deadline(self.config, time.time()) if params else None
         if prefill.status == 200 and not params:
             prefill = error_reply(ROUTER, "prefill returned no kv_transfer_params (is kv_role kv_producer?)",
                                   HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerError", None)
@@ -140,17 +151,22 @@ class DisaggregatedOrchestrator(Orchestrator):
             log.warning("pdserve: prefill failed (%s); serving %s on decode alone", prefill.status,
                         body.get("request_id"))
             path = "fallback"
-        return await self._decode(endpoint, decode_request(body, params), replicas, path, stages)
+        return await self._decode(endpoint, decode_request(body, params), replicas, path, stages, kv_deadline)
+
+    def prefill_down(self) -> bool:
+        """A prefill pool that should have replicas (min >= 1) and has none running, with fallback allowed."""
+        return (self.router.fallback_to_decode and self.config.prefill.replicas.min >= 1
+                and self.running("prefill") == 0)
 
     async def _decode(self, endpoint: Endpoint, body: dict[str, Any], replicas: dict[str, str], path: str,
-                      stages: dict[str, float]) -> Outcome:
+                      stages: dict[str, float], kv_deadline: float | None) -> Outcome:
         """The decode leg, retried once when it fails before its first reply (another replica may take it)."""
         stream = bool(body.get("stream"))
         decode_body, dropped = with_usage(body)
         for attempt in range(2):
             started = time.perf_counter()
             head, rest = await run_leg(self.pools["decode"], endpoint, decode_body, stream,
-                                       self.router.leg_timeout_s(stream), "decode")
+                                       self.router.leg_timeout_s(stream), "decode", kv_deadline)
             if not (retryable(head) and head.replica == ROUTER and attempt == 0):
                 break
         replicas["decode"] = head.replica

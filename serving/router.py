@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hmac
+import logging
 import os
 import time
 import uuid
@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
@@ -27,12 +28,19 @@ from vllm.entrypoints.serve.utils.api_utils import validate_json_request
 
 from serving.app import DEPLOYMENT_NAMES
 from serving.config import PDServeConfig
+from serving.guard import RequestGuard
 from serving.metrics import RouterMetrics, outcome_of
 from serving.orchestrator import ColocatedOrchestrator, DisaggregatedOrchestrator, Outcome
 from serving.streaming import StreamTiming, metered
 from serving.worker import Endpoint, error_body
 
+log = logging.getLogger(__name__)
+
 REQUEST_ID_HEADER = "X-Request-Id"
+STATS_TIMEOUT_S = 10
+HEALTH_PROBE_TIMEOUT_S = 5
+REPLICA_WATCH_INTERVAL_S = 1.0
+HEALTHY_STATES = ("ok", "busy", "scaled to zero")
 
 app = FastAPI(title="pdserve", description="OpenAI-compatible API over prefill/decode disaggregated vLLM")
 init_exception_handler(app)
@@ -41,34 +49,11 @@ init_exception_handler(app)
 app.add_exception_handler(StarletteHTTPException, http_exception_handler)
 # vLLM's handlers read `app.state.args.log_error_stack` (normally `vllm serve`'s parsed arguments).
 app.state.args = argparse.Namespace(log_error_stack=False)
+app.add_middleware(RequestGuard)
 
 
-def error_response(status: int, message: str, err_type: str, param: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(message, status, err_type, param), status_code=status, headers=headers)
-
-
-def authorized(request: Request, keys: list[str]) -> bool:
-    """Like `vllm serve --api-key`: with keys set, /v1 routes need `Authorization: Bearer <key>`."""
-    if not keys or not request.url.path.startswith("/v1"):
-        return True
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and any(hmac.compare_digest(token.strip(), key) for key in keys)
-
-
-@app.middleware("http")
-async def guard(request: Request, call_next):
-    """Checks that need no parsing, before anything parses: API key, then the body's declared size."""
-    state = request.app.state
-    if not authorized(request, getattr(state, "api_keys", [])):
-        return error_response(401, "invalid or missing API key (Authorization: Bearer <key>)",
-                              "AuthenticationError")
-    limit = getattr(state, "max_body_bytes", None)
-    length = request.headers.get("content-length")
-    if limit is not None and length is not None and length.isdigit() and int(length) > limit:
-        return error_response(413, f"request body of {length} bytes exceeds the limit of {limit}",
-                              "RequestTooLargeError")
-    return await call_next(request)
+def error_response(status: int, message: str, err_type: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, status, err_type, param), status_code=status)
 
 
 def _headers(outcome: Outcome, retry_after_s: int) -> dict[str, str]:
@@ -87,7 +72,9 @@ class PDRouter:
         self.config = PDServeConfig.model_validate(config)
         self.pools = pools  # role -> DeploymentHandle
         orchestrator = DisaggregatedOrchestrator if self.config.mode == "disaggregated" else ColocatedOrchestrator
-        self.orchestrate = orchestrator(pools, self.config)
+        self.orchestrate = orchestrator(pools, self.config, running=lambda role: self.running.get(role))
+        self.running: dict[str, int] = {}  # refreshed from Serve's controller by `_watch_replicas`
+        self._watcher: asyncio.Task | None = None
         self.metrics = RouterMetrics(self.config.model.served_name)
         keys = os.environ.get(self.config.router.api_keys_env, "")
         app.state.api_keys = [key.strip() for key in keys.split(",") if key.strip()]
@@ -95,10 +82,15 @@ class PDRouter:
 
     async def _serve(self, endpoint: Endpoint, request: ChatCompletionRequest | CompletionRequest, raw: Request):
         arrived = time.perf_counter()
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch_replicas())
         request_id = raw.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         # Forward what the client sent (FastAPI has validated it with vLLM's model and cached it): the replica
         # parses it again with the same model, and a model_dump could hold lazy iterators that cannot be pickled.
         body = await raw.json()
+        if "kv_transfer_params" in body:
+            return error_response(400, "kv_transfer_params is set by the server between its prefill and decode "
+                                  "engines, not by clients", "BadRequestError", "kv_transfer_params")
         body["request_id"] = request_id
         self.metrics.enter()
         try:
@@ -161,21 +153,31 @@ class PDRouter:
 
     @app.get("/health")
     async def health(self):
-        """200 when every pool can serve: its engines answer, or it is scaled to zero and allowed to be."""
+        """200 when every pool can serve: a replica answers, or is busy serving, or the pool is scaled to zero and
+        allowed to be.
+
+        A probe that waits past `HEALTH_PROBE_TIMEOUT_S` while this router has requests in flight is queued
+        behind them (`max_ongoing_requests`): the pool is busy, not down. Without requests in flight the wait means
+        no live replica took it (one just died and Serve has not replaced it yet): unavailable. A probe that
+        fails (the replica died, its engine is dead) marks the pool unavailable at once.
+        """
         running = await asyncio.get_running_loop().run_in_executor(None, self._running_replicas)
-        status: dict[str, str] = {}
-        for role, pool in self.pools.items():
-            if running.get(role, 0) == 0 and self.config.pool(role).replicas.min == 0:
-                status[role] = "scaled to zero"
-                continue
-            try:
-                await asyncio.wait_for(pool.check_health.remote(), 10)
-                status[role] = "ok"
-            except Exception as exc:  # a pool with no healthy replica, or a dead engine
-                status[role] = f"unavailable: {type(exc).__name__}"
-        healthy = all(value in ("ok", "scaled to zero") for value in status.values())
+        status = dict(await asyncio.gather(*(self._pool_health(role, running.get(role, 0)) for role in self.pools)))
+        healthy = all(value in HEALTHY_STATES for value in status.values())
         return JSONResponse({"status": "ok" if healthy else "unavailable", "pools": status},
                             status_code=200 if healthy else 503)
+
+    async def _pool_health(self, role: str, running: int) -> tuple[str, str]:
+        if running == 0:  # nothing to probe: Serve is (re)starting it, or it is allowed to be at zero
+            return role, "scaled to zero" if self.config.pool(role).replicas.min == 0 else "unavailable: no replica"
+        try:
+            await asyncio.wait_for(self.pools[role].check_health.remote(), HEALTH_PROBE_TIMEOUT_S)
+            return role, "ok"
+        except (asyncio.TimeoutError, BackPressureError):  # queued behind requests, or the queue is full
+            busy = self.metrics.requests_in_flight > 0
+            return role, "busy" if busy else f"unavailable: no answer within {HEALTH_PROBE_TIMEOUT_S} s"
+        except Exception as exc:  # a dead replica or engine
+            return role, f"unavailable: {type(exc).__name__}"
 
     def _replica_states(self) -> dict[str, dict[str, int]]:
         """Replicas per role and state, from Serve's controller (blocking: call it off the event loop)."""
@@ -188,11 +190,33 @@ class PDRouter:
     def _running_replicas(self) -> dict[str, int]:
         return {role: states.get("RUNNING", 0) for role, states in self._replica_states().items()}
 
+    async def _watch_replicas(self) -> None:
+        """Keep `self.running` current, so a request can skip a pool whose replicas are all gone."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                self.running = await loop.run_in_executor(None, self._running_replicas)
+            except Exception as exc:  # the controller is restarting: keep the last view, try again
+                log.warning("pdserve: could not read replica states: %r", exc)
+            await asyncio.sleep(REPLICA_WATCH_INTERVAL_S)
+
     @app.get("/pdserve/stats")
-    async def stats(self):
-        """Engine counters of one replica per pool (KV pulled over NIXL, transfers, queue)."""
+    async def stats(self, role: str | None = None):
+        """Engine counters of one replica per pool (KV pulled over NIXL, transfers, queue); `?role=` for one pool.
+
+        A pool whose replicas are all busy queues this call behind its requests: after `STATS_TIMEOUT_S` it is
+        reported as busy rather than holding the answer for the other pools.
+        """
         running = await asyncio.get_running_loop().run_in_executor(None, self._running_replicas)
-        return {role: await pool.stats.remote() for role, pool in self.pools.items() if running.get(role, 0) > 0}
+        roles = [r for r in self.pools if running.get(r, 0) > 0 and role in (None, r)]
+
+        async def one(r: str) -> dict[str, Any]:
+            try:
+                return await asyncio.wait_for(self.pools[r].stats.remote(), STATS_TIMEOUT_S)
+            except Exception as exc:  # busy past the timeout, or the replica went away
+                return {"role": r, "unavailable": type(exc).__name__}
+
+        return dict(zip(roles, await asyncio.gather(*(one(r) for r in roles))))
 
     @app.get("/pdserve/replicas")
     async def replicas(self):

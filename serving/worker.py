@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from serving.config import PDServeConfig, Role
 from serving.engine_args import engine_arg_values, parse_vllm_args, to_cli
-from serving.kv import replica_env
+from serving.kv import replica_env, without_kv_params
 from serving.model import resolve_model
 
 log = logging.getLogger(__name__)
@@ -90,13 +91,15 @@ class LLMServer:
         engine_args = AsyncEngineArgs.from_cli_args(args)
         vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
         self.counters = EngineCounters()
+        self.requests_in_flight = 0  # legs inside this replica (the engine's own counts lag by an iteration)
+        self.pool_metrics = PoolMetrics(role)
         self.signal_window_s = self.config.autoscaling.look_back_period_s
         self.engine = AsyncLLM.from_vllm_config(
             vllm_config=vllm_config,
             usage_context=UsageContext.OPENAI_API_SERVER,
             # Our counters (stats endpoint, pool metrics, autoscaling signals) and vLLM's own engine metrics,
             # recorded through Ray so they are exported next to Serve's on the node's metrics port.
-            stat_loggers=[stat_logger_factory(self.counters, PoolMetrics(role)), RayPrometheusStatLogger],
+            stat_loggers=[stat_logger_factory(self.counters, self.pool_metrics), RayPrometheusStatLogger],
             disable_log_stats=False,
         )
         self.state = State()
@@ -113,10 +116,23 @@ class LLMServer:
         request = CompletionRequest.model_validate(body)
         return await self.state.openai_serving_completion.create_completion(request, None)
 
-    async def _reply_or_stream(self, endpoint: Endpoint, body: dict[str, Any]):
+    def _fresh_kv(self, body: dict[str, Any], kv_deadline: float | None) -> dict[str, Any]:
+        """The decode body, without KV params whose blocks the prefill engine may have released (see
+        `serving.kv.kv_pull_deadline`): this engine then computes the prompt itself."""
+        if kv_deadline is None or "kv_transfer_params" not in body or time.time() <= kv_deadline:
+            return body
+        late = time.time() - kv_deadline
+        log.warning("pdserve: %s reached decode %.1f s after its KV pull deadline; recomputing its prompt",
+                    body.get("request_id"), late)
+        self.counters.kv_pulls_skipped += 1
+        self.pool_metrics.kv_pulls_skipped.inc(tags=self.pool_metrics.tags)
+        return without_kv_params(body)
+
+    async def _reply_or_stream(self, endpoint: Endpoint, body: dict[str, Any], kv_deadline: float | None = None):
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
         from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
+        body = self._fresh_kv(body, kv_deadline)
         try:
             result = await self._create(endpoint, body)
         except ValidationError as exc:
@@ -129,30 +145,38 @@ class LLMServer:
             return LegReply(200, result.model_dump(), self.replica), None
         return LegReply(200, None, self.replica), result
 
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> LegReply:
+    async def complete(self, endpoint: Endpoint, body: dict[str, Any], kv_deadline: float | None = None) -> LegReply:
         """A non-streaming call (the prefill leg, or a client that did not ask for a stream)."""
+        self.requests_in_flight += 1
         try:
-            reply, stream = await self._reply_or_stream(endpoint, body)
+            reply, stream = await self._reply_or_stream(endpoint, body, kv_deadline)
+            if stream is not None:  # the caller asked for stream=True on a unary call
+                async for _ in stream:
+                    pass
+                return error_reply(self.replica, "stream requested on a unary leg",
+                                   HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerError", "stream")
+            return reply
         except Exception as exc:  # never let an engine-side bug look like a dead replica to the router
             return self._internal_error(exc)
-        if stream is not None:  # the caller asked for stream=True on a unary call
-            async for _ in stream:
-                pass
-            return error_reply(self.replica, "stream requested on a unary leg", HTTPStatus.INTERNAL_SERVER_ERROR,
-                               "InternalServerError", "stream")
-        return reply
+        finally:
+            self.requests_in_flight -= 1
 
-    async def generate(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[LegReply | str]:
+    async def generate(self, endpoint: Endpoint, body: dict[str, Any],
+                       kv_deadline: float | None = None) -> AsyncIterator[LegReply | str]:
         """A streaming call: yields a `LegReply` first, then (when it streams) vLLM's SSE lines."""
+        self.requests_in_flight += 1
         try:
-            reply, stream = await self._reply_or_stream(endpoint, body)
-        except Exception as exc:
-            yield self._internal_error(exc)
-            return
-        yield reply
-        if stream is not None:
-            async for chunk in stream:
-                yield chunk
+            try:
+                reply, stream = await self._reply_or_stream(endpoint, body, kv_deadline)
+            except Exception as exc:
+                yield self._internal_error(exc)
+                return
+            yield reply
+            if stream is not None:
+                async for chunk in stream:
+                    yield chunk
+        finally:
+            self.requests_in_flight -= 1
 
     def _internal_error(self, exc: Exception) -> LegReply:
         log.exception("pdserve: %s leg raised", self.role)
@@ -163,7 +187,8 @@ class LLMServer:
         return (await self.state.openai_serving_models.show_available_models()).model_dump()
 
     async def stats(self) -> dict[str, Any]:
-        return {"role": self.role, "replica": self.replica, "pid": os.getpid(), **self.counters.as_dict()}
+        return {"role": self.role, "replica": self.replica, "pid": os.getpid(),
+                "requests_in_flight": self.requests_in_flight, **self.counters.as_dict()}
 
     async def ping(self) -> str:
         """Cheap call the router uses to wake a pool that may be at zero replicas."""
