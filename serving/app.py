@@ -20,7 +20,8 @@ ROUTER_NAME = "PDRouter"
 REPLICA_ENV = {"RAY_worker_niceness": "0"}
 
 
-def replica_options(pool: PoolConfig, scaling: AutoscalingConfig | None = None) -> dict[str, Any]:
+def replica_options(pool: PoolConfig, scaling: AutoscalingConfig | None = None,
+                    drain_timeout_s: float = 300.0) -> dict[str, Any]:
     """Serve options for one pool: where its replicas may run and how many there are."""
     res = pool.resources
     actor = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "runtime_env": {"env_vars": dict(REPLICA_ENV)}}
@@ -32,7 +33,8 @@ def replica_options(pool: PoolConfig, scaling: AutoscalingConfig | None = None) 
         "max_queued_requests": pool.max_queued_requests,
         "health_check_period_s": 10,
         "health_check_timeout_s": 30,
-        "graceful_shutdown_timeout_s": 30,
+        # A stopping replica finishes what it is serving first, so a redeploy or upgrade loses no request.
+        "graceful_shutdown_timeout_s": drain_timeout_s,
     }
     reps = pool.replicas
     if reps.min == reps.max:
@@ -57,7 +59,7 @@ def replica_options(pool: PoolConfig, scaling: AutoscalingConfig | None = None) 
 def build_llm_deployment(config: PDServeConfig, role: Role) -> Application:
     from serving.worker import LLMServer
 
-    options = replica_options(config.pool(role), config.autoscaling)
+    options = replica_options(config.pool(role), config.autoscaling, config.router.drain_timeout_s)
     deployment = serve.deployment(LLMServer).options(name=DEPLOYMENT_NAMES[role], **options)
     return deployment.bind(config.model_dump(mode="json"), role)
 
@@ -71,6 +73,8 @@ def build_pd_app(config: PDServeConfig) -> Application:
         name=ROUTER_NAME,
         ray_actor_options={"num_cpus": config.router.num_cpus},
         max_ongoing_requests=config.router.max_ongoing_requests,
+        # Streams in flight through a stopping router are served to their end (see replica_options).
+        graceful_shutdown_timeout_s=config.router.drain_timeout_s,
     )
     return router.bind(config.model_dump(mode="json"), pools)
 

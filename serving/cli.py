@@ -30,7 +30,7 @@ def load_config(args: argparse.Namespace) -> PDServeConfig:
 def up(args: argparse.Namespace) -> int:
     from serving.local import run_local
 
-    return run_local(load_config(args))
+    return run_local(load_config(args), load=lambda: load_config(args))
 
 
 def parser() -> argparse.ArgumentParser:

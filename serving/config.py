@@ -133,6 +133,10 @@ class RouterConfig(StrictModel):
     """Environment variable with comma-separated API keys (e.g. from a Kubernetes Secret); unset or empty:
     no authentication. /health stays open."""
     retry_after_s: int = Field(2, ge=1)
+    drain_timeout_s: float = Field(300.0, ge=0)
+    """How long a replica that is being stopped (redeploy, config reload, scale-down, upgrade) keeps serving its
+    in-flight requests before it exits (Serve `graceful_shutdown_timeout_s`; on Kubernetes also how long the old
+    cluster lives after an upgrade switched traffic away). Costs nothing when the replica is idle."""
 
     def leg_timeout_s(self, stream: bool) -> float:
         """A stream must start within the first-token bound; a unary reply must finish within the request bound."""

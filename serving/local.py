@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from serving.config import PDServeConfig
 
@@ -38,17 +39,19 @@ def deploy_config(config: PDServeConfig):
     })
 
 
-def wait_running(app_name: str, timeout_s: float = 1800) -> None:
+def wait_running(app_name: str, timeout_s: float = 1800, cancel: threading.Event | None = None) -> None:
     from ray import serve
 
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (cancel and cancel.is_set()):
         app = serve.status().applications.get(app_name)
         if app is not None and app.status == "RUNNING":
             return
         if app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY"):
             raise RuntimeError(f"pdserve: application {app.status}: {app.message}")
         time.sleep(1)
+    if cancel and cancel.is_set():
+        return
     raise TimeoutError(f"pdserve: application not running after {timeout_s:.0f}s")
 
 
@@ -67,7 +70,43 @@ def wait_healthy(base_url: str, timeout_s: float = 1800) -> None:
     raise TimeoutError(f"pdserve: {base_url}/health not OK after {timeout_s:.0f}s")
 
 
-def run_local(config: PDServeConfig) -> int:
+def reload_refusal(running: PDServeConfig, node: tuple[int, dict[str, float]], new: PDServeConfig) -> str | None:
+    """Why `new` cannot replace `running` on this Ray node without a restart, or None when it can."""
+    for field in ("host", "port", "metrics_port"):
+        if getattr(new.router, field) != getattr(running.router, field):
+            return f"router.{field} is fixed while the node runs (restart pdserve up to change it)"
+    cpus, custom = cluster_resources(new)
+    if cpus > node[0]:
+        return f"the new pools need {cpus} CPUs at their max replicas; this node was started with {node[0]}"
+    for name, amount in custom.items():
+        if amount > node[1].get(name, 0):
+            return f"the new pools need {amount:g} of resource {name!r}; this node has {node[1].get(name, 0):g}"
+    return None
+
+
+def reload_app(client, running: PDServeConfig, node: tuple[int, dict[str, float]], new: PDServeConfig,
+               cancel: threading.Event) -> PDServeConfig:
+    """Redeploy with `new` (what a RayService does on a serveConfigV2 change); returns the config now serving.
+
+    Serve replaces the replicas whose options or arguments changed, a few at a time; each one it stops first
+    finishes its in-flight requests (`router.drain_timeout_s`), and requests that arrive meanwhile wait for a
+    replica instead of failing.
+    """
+    from serving.app import APP_NAME
+
+    if (refusal := reload_refusal(running, node, new)) is not None:
+        print(f"pdserve: reload refused, still serving the previous config: {refusal}", flush=True)
+        return running
+    print("pdserve: reloading: changed replicas are replaced after they drain their requests", flush=True)
+    client.deploy_apps(deploy_config(new), _blocking=False)
+    wait_running(APP_NAME, cancel=cancel)
+    if not cancel.is_set():
+        print("pdserve: reloaded", flush=True)
+    return new
+
+
+def run_local(config: PDServeConfig, load: Callable[[], PDServeConfig] | None = None) -> int:
+    """Serve until SIGINT/SIGTERM; on SIGHUP, `load()` the config again and redeploy it (see `reload_app`)."""
     import ray
     from ray import serve
     from ray.serve._private import api as serve_api  # what `serve deploy`/`serve run config.yaml` use
@@ -85,9 +124,14 @@ def run_local(config: PDServeConfig) -> int:
         _metrics_export_port=config.router.metrics_port,
         logging_level="WARNING",
     )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop, reload_asked, wake = threading.Event(), threading.Event(), threading.Event()
+
+    def on_signal(signum, _frame):
+        (reload_asked if signum == signal.SIGHUP else stop).set()
+        wake.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     try:
         schema = deploy_config(config)
         client = serve_api.serve_start(http_options=schema.http_options.model_dump())
@@ -99,8 +143,18 @@ def run_local(config: PDServeConfig) -> int:
         print(f"pdserve: API      {base}/v1  (model {config.model.served_name!r}, mode {config.mode})", flush=True)
         print(f"pdserve: health   {base}/health", flush=True)
         print(f"pdserve: metrics http://127.0.0.1:{config.router.metrics_port}/metrics", flush=True)
-        print("pdserve: ready; Ctrl-C stops", flush=True)
-        stop.wait()
+        print("pdserve: ready; Ctrl-C stops" + ("; SIGHUP reloads the config" if load else ""), flush=True)
+        while not stop.is_set():
+            wake.wait()
+            wake.clear()
+            if reload_asked.is_set() and not stop.is_set():
+                reload_asked.clear()
+                try:
+                    new = load() if load else config
+                except Exception as exc:  # a config with a mistake in it must not take the server down
+                    print(f"pdserve: reload refused, still serving the previous config: {exc}", flush=True)
+                    continue
+                config = reload_app(client, config, (num_cpus, resources), new, stop)
     finally:
         print("pdserve: shutting down ...", flush=True)
         try:

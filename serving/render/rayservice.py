@@ -47,6 +47,11 @@ def rayservice(config: PDServeConfig) -> dict[str, Any]:
         "metadata": names.metadata(k.name, k.namespace, names.labels(k, "rayservice")),
         "spec": {
             "serveConfigV2": dump(serve_config(config)),
+            # A change to rayClusterConfig brings up a new cluster and switches traffic once its app is ready; the
+            # old one keeps serving its in-flight requests for the drain time before it is deleted. A change to
+            # serveConfigV2 alone is a rolling update inside the running cluster (replicas drain the same way).
+            "upgradeStrategy": {"type": "NewCluster"},
+            "rayClusterDeletionDelaySeconds": int(config.router.drain_timeout_s),
             "rayClusterConfig": {
                 "rayVersion": k.ray_version,
                 "enableInTreeAutoscaling": True,

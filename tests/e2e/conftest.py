@@ -7,6 +7,8 @@ stack of the other group stops the running group first; every stop must be clean
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 pytest.importorskip("vllm", reason="end-to-end tests need the serving extras: pip install -e '.[cpu,test]'")
@@ -38,11 +40,21 @@ class StackManager:
         if group != self.group:
             self.stop_all()
             self.group = group
-            self.running = {member: stack_lib.start(member, free_port(), free_port(), self.log_dir, *args, env=env)
+            self.running = {member: stack_lib.start(member, free_port(), free_port(), self.log_dir,
+                                                    *self._own_config(member, args), env=env)
                             for member, (args, env) in GROUPS[group].items()}
             for stack in self.running.values():
                 stack_lib.wait_ready(stack)
         return self.running[name]
+
+    def _own_config(self, member: str, args: tuple[str, ...]) -> tuple[str, ...]:
+        """Each stack reads a copy of its config file, which a test may edit and reload (SIGHUP)."""
+        args = list(args)
+        at = args.index("--config") + 1
+        copy = self.log_dir / f"{member}.yaml"
+        shutil.copyfile(stack_lib.ROOT / args[at], copy)
+        args[at] = str(copy)
+        return tuple(args)
 
     def stop_all(self) -> None:
         for stack in self.running.values():

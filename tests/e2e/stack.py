@@ -33,6 +33,10 @@ class Stack:
     descendants: set[int] = field(default_factory=set)
 
     @property
+    def config_path(self) -> Path:
+        return Path(self.proc.args[self.proc.args.index("--config") + 1])
+
+    @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
@@ -43,8 +47,9 @@ class Stack:
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def stats(self) -> dict:
-        return httpx.get(f"{self.base_url}/pdserve/stats", timeout=30).json()
+    def stats(self, role: str | None = None) -> dict:
+        params = {"role": role} if role else None
+        return httpx.get(f"{self.base_url}/pdserve/stats", params=params, timeout=30).json()
 
 
 def start(name: str, port: int, metrics_port: int, log_dir: Path, *extra: str,

@@ -1,0 +1,39 @@
+"""What `pdserve up` asks of its Ray node, and which config reloads (SIGHUP) it can apply without a restart."""
+
+from __future__ import annotations
+
+from serving.app import replica_options
+from serving.config import PDServeConfig
+from serving.local import cluster_resources, deploy_config, reload_refusal
+
+RUNNING = PDServeConfig.from_file("configs/cpu-exact.yaml")
+NODE = cluster_resources(RUNNING)
+
+
+def test_node_has_room_for_every_pool_at_its_max():
+    cpus, custom = cluster_resources(RUNNING)
+    assert custom == {"pdserve_prefill": 1.0, "pdserve_decode": 1.0}
+    assert cpus >= RUNNING.prefill.resources.num_cpus + RUNNING.decode.resources.num_cpus + RUNNING.router.num_cpus
+
+
+def test_engine_and_pool_changes_reload_in_place():
+    changed = RUNNING.with_overrides(**{"decode.max_ongoing_requests": 4, "kv_transfer.lease_seconds": 60,
+                                        "router.retry_after_s": 5})
+    assert reload_refusal(RUNNING, NODE, changed) is None
+    assert reload_refusal(RUNNING, NODE, RUNNING) is None
+
+
+def test_what_the_running_node_fixes_is_refused_with_the_field_named():
+    assert "router.port" in reload_refusal(RUNNING, NODE, RUNNING.with_overrides(**{"router.port": 9999}))
+    assert "router.metrics_port" in reload_refusal(RUNNING, NODE, RUNNING.with_overrides(**{"router.metrics_port": 1}))
+    more_replicas = RUNNING.with_overrides(**{"decode.replicas.max": 3})
+    assert "CPUs" in reload_refusal(RUNNING, NODE, more_replicas)
+    more_resource = RUNNING.with_overrides(**{"decode.resources.resources": {"pdserve_decode": 2}})
+    assert "'pdserve_decode'" in reload_refusal(RUNNING, NODE, more_resource)
+
+
+def test_replicas_drain_for_the_configured_time():
+    config = RUNNING.with_overrides(**{"router.drain_timeout_s": 42})
+    app = deploy_config(config).applications[0]
+    assert app.args["router"]["drain_timeout_s"] == 42
+    assert replica_options(config.decode, config.autoscaling, 42)["graceful_shutdown_timeout_s"] == 42
