@@ -35,6 +35,19 @@ def wait_idle(stack, timeout_s: float) -> dict:
         time.sleep(1)
 
 
+def metric_total(stack, name: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def wait_metric_at_least(stack, name: str, value: float, timeout_s: float = 60) -> float:
+    """Ray exports recorded metrics every few seconds: poll until the series has caught up."""
+    deadline = time.monotonic() + timeout_s
+    while (seen := metric_total(stack, name)) < value and time.monotonic() < deadline:
+        time.sleep(2)
+    return seen
+
+
 def fallback_count(stack) -> float:
     text = httpx.get(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=30).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
@@ -115,12 +128,12 @@ def behind_a_busy_decode(stack, prompts: list[str], after_prefill, hold_s: float
 
     with ThreadPoolExecutor(decode_slots + len(prompts)) as pool:
         streams = [pool.submit(occupy_decode, i) for i in range(decode_slots)]
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # generous: these machines are shared, and slow at times
         while len(streaming) < decode_slots:
             assert time.monotonic() < deadline, "the streams did not start"
             time.sleep(0.2)
         waiting = [pool.submit(complete_exactly, stack, p) for p in prompts]
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         prefilled = finished_before + decode_slots + len(prompts)
         while stack.stats("prefill")["prefill"]["finished_requests"] < prefilled:
             assert time.monotonic() < deadline, "the prefills did not finish"
@@ -151,22 +164,33 @@ def new_prompts(n: int = 3) -> list[str]:
 
 def test_kv_that_can_no_longer_be_pulled_is_recomputed_on_decode(pd_stack):
     """The prefill replica dies after its prefills finished and before decode pulled their KV over NIXL."""
-    wait_healthy(pd_stack.base_url, HEALTHY_WITHIN_S)
-    before = pd_stack.stats()
-    prefill_pid = before["prefill"]["pid"]
-    prompts = new_prompts()
-    # Decode is released at once: it takes the waiting requests well inside their KV pull deadline.
-    answers = behind_a_busy_decode(pd_stack, prompts, after_prefill=lambda: os.kill(prefill_pid, signal.SIGKILL))
-
-    after = pd_stack.stats("decode")["decode"]
+    for attempt in (1, 2):
+        wait_healthy(pd_stack.base_url, HEALTHY_WITHIN_S)
+        before = pd_stack.stats()
+        prefill_pid = before["prefill"]["pid"]
+        prompts = new_prompts()
+        # Decode is released at once: it takes the waiting requests well inside their KV pull deadline...
+        answers = behind_a_busy_decode(pd_stack, prompts,
+                                       after_prefill=lambda: os.kill(prefill_pid, signal.SIGKILL))
+        after = pd_stack.stats("decode")["decode"]
+        if after["kv_pulls_skipped"] == before["decode"]["kv_pulls_skipped"]:
+            break
+        # ... unless the machine stalled for longer than that (seen on a loaded shared host): then decode rightly
+        # recomputed without trying NIXL, and this path was not exercised. Once more, on the new replica.
+        print(f"attempt {attempt}: decode reached the requests after their pull deadline; trying again")
+        wait_replaced(pd_stack, "prefill", prefill_pid)
     failures = after["kv_transfer_failures"] - before["decode"]["kv_transfer_failures"]
     recomputed = after["prompt_tokens_computed"] - before["decode"]["prompt_tokens_computed"]
     prompt_tokens = sum(a.json()["usage"]["prompt_tokens"] for a in answers)
-    assert after["kv_pulls_skipped"] == before["decode"]["kv_pulls_skipped"], "decode took them too late"
-    assert failures >= 1, after  # vLLM counts per failed read or per failed handshake
     assert recomputed >= prompt_tokens, (recomputed, prompt_tokens)
     wait_replaced(pd_stack, "prefill", prefill_pid)
     same_as_healthy_path(pd_stack, prompts, answers)
+    if after["kv_pulls_skipped"] != before["decode"]["kv_pulls_skipped"]:
+        pytest.skip("the host stalled past the KV pull deadline twice: answers were right (recomputed), but the "
+                    "failed-NIXL-read path was not reached")
+    assert failures >= 1, after  # vLLM counts per failed read or per failed handshake
+    assert wait_metric_at_least(pd_stack, "ray_pdserve_kv_transfer_failures_total", after["kv_transfer_failures"]) \
+        >= after["kv_transfer_failures"]
     print(f"prefill pid {prefill_pid} killed with {len(prompts)} prefilled requests unpulled: {failures} failed "
           f"NIXL transfers, {recomputed} prompt tokens recomputed on decode, {len(prompts)}/{len(prompts)} answered "
           "as on the healthy path")
@@ -187,6 +211,9 @@ def test_kv_whose_lease_ran_out_in_the_queue_is_not_read(pd_stack):
     recomputed = after["prompt_tokens_computed"] - before["decode"]["prompt_tokens_computed"]
     prompt_tokens = sum(a.json()["usage"]["prompt_tokens"] for a in answers)
     assert skipped == len(prompts), after
+    # The decode replica's own series (it has lived through this test): the counter users alert on.
+    assert wait_metric_at_least(pd_stack, "ray_pdserve_kv_pulls_skipped_total", after["kv_pulls_skipped"]) \
+        >= after["kv_pulls_skipped"]
     assert after["kv_transfer_failures"] == before["decode"]["kv_transfer_failures"]
     assert recomputed >= prompt_tokens, (recomputed, prompt_tokens)
     same_as_healthy_path(pd_stack, prompts, answers)
