@@ -97,8 +97,8 @@ def test_killing_the_prefill_replica_loses_no_request(pd_stack):
           "replacement replica")
 
     wait_replaced(pd_stack, "prefill", prefill_pid)
-    again = send(0)
-    assert again.status_code == 200 and "PrefillServer" in again.headers["x-pdserve-prefill-replica"]
+    again = disaggregated(pd_stack, f"{uuid.uuid4().hex} once more")  # served by the new prefill replica
+    assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 8
 
 
 def complete_exactly(stack, prompt: str) -> httpx.Response:
@@ -152,10 +152,19 @@ def behind_a_busy_decode(stack, prompts: list[str], after_prefill, hold_s: float
 def same_as_healthy_path(stack, prompts: list[str], answers: list[httpx.Response]) -> None:
     """Recomputing gives the answer a healthy disaggregated path gives (float32, temperature 0)."""
     wait_healthy(stack.base_url, HEALTHY_WITHIN_S)
-    reference = [complete_exactly(stack, p) for p in prompts]
-    assert all("PrefillServer" in r.headers["x-pdserve-prefill-replica"] for r in reference)
+    reference = [disaggregated(stack, p) for p in prompts]
     assert [a.json()["choices"][0]["text"] for a in answers] == [r.json()["choices"][0]["text"] for r in reference]
     assert wait_idle(stack, 60) == {"prefill": (0.0, 0, 0), "decode": (0.0, 0, 0)}
+
+
+def disaggregated(stack, prompt: str) -> httpx.Response:
+    """The answer of the healthy P/D path (the router learns of a replacement prefill replica within a second or
+    two; until then it serves decode-only)."""
+    deadline = time.monotonic() + 60
+    while "PrefillServer" not in (reply := complete_exactly(stack, prompt)).headers["x-pdserve-prefill-replica"]:
+        assert time.monotonic() < deadline, "requests are still not disaggregated"
+        time.sleep(1)
+    return reply
 
 
 def new_prompts(n: int = 3) -> list[str]:
