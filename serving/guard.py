@@ -30,12 +30,14 @@ def authorized(path: str, authorization: str, keys: list[str]) -> bool:
     return scheme.lower() == "bearer" and any(hmac.compare_digest(token.strip(), key) for key in keys)
 
 
-def _error(status: int, message: str, err_type: str) -> JSONResponse:
-    return JSONResponse(error_body(message, status, err_type), status_code=status)
+def error_response(status: int, message: str, err_type: str, param: str | None = None) -> JSONResponse:
+    """An OpenAI-style error as an HTTP response (the router's own refusals use it too)."""
+    return JSONResponse(error_body(message, status, err_type, param), status_code=status)
 
 
 def _too_large(size: str, limit: int) -> JSONResponse:
-    return _error(413, f"request body of {size} bytes exceeds the limit of {limit}", "RequestTooLargeError")
+    return error_response(413, f"request body of {size} bytes exceeds the limit of {limit}",
+                          "RequestTooLargeError")
 
 
 class RequestGuard:
@@ -48,7 +50,8 @@ class RequestGuard:
         state = scope["app"].state
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
         if not authorized(scope["path"], headers.get("authorization", ""), getattr(state, "api_keys", [])):
-            response = _error(401, "invalid or missing API key (Authorization: Bearer <key>)", "AuthenticationError")
+            response = error_response(401, "invalid or missing API key (Authorization: Bearer <key>)",
+                                      "AuthenticationError")
             return await response(scope, receive, send)
         limit = getattr(state, "max_body_bytes", None)
         if limit is not None:

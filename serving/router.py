@@ -28,11 +28,11 @@ from vllm.entrypoints.serve.utils.api_utils import validate_json_request
 
 from serving.app import DEPLOYMENT_NAMES
 from serving.config import PDServeConfig
-from serving.guard import RequestGuard
+from serving.guard import RequestGuard, error_response
 from serving.metrics import RouterMetrics, outcome_of
 from serving.orchestrator import ColocatedOrchestrator, DisaggregatedOrchestrator, Outcome
 from serving.streaming import StreamTiming, metered
-from serving.worker import Endpoint, error_body
+from serving.worker import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,6 @@ app.add_exception_handler(StarletteHTTPException, http_exception_handler)
 # vLLM's handlers read `app.state.args.log_error_stack` (normally `vllm serve`'s parsed arguments).
 app.state.args = argparse.Namespace(log_error_stack=False)
 app.add_middleware(RequestGuard)
-
-
-def error_response(status: int, message: str, err_type: str, param: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(message, status, err_type, param), status_code=status)
 
 
 def _headers(outcome: Outcome, retry_after_s: int) -> dict[str, str]:

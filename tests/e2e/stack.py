@@ -7,6 +7,7 @@ readiness, and a clean stop on SIGINT with no process left behind.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,3 +110,21 @@ def _process(pid: int) -> psutil.Process | None:
         return None if proc.status() == psutil.STATUS_ZOMBIE else proc
     except psutil.NoSuchProcess:
         return None
+
+
+SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+
+
+def scrape(stack) -> dict[str, list[tuple[str, float]]]:
+    """Metric samples by name: [(labels, value)]."""
+    text = httpx.get(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=30).text
+    samples: dict[str, list[tuple[str, float]]] = {}
+    for line in text.splitlines():
+        match = SAMPLE.match(line)
+        if match and not line.startswith("#"):
+            samples.setdefault(match[1], []).append((match[2] or "", float(match[3])))
+    return samples
+
+
+def total(samples, name: str, **labels: str) -> float:
+    return sum(v for lab, v in samples.get(name, []) if all(f'{k}="{val}"' in lab for k, val in labels.items()))

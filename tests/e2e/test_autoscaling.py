@@ -15,30 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.stack import AUTH
+from tests.e2e.stack import AUTH, scrape, total
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "SmolLM2-135M-Instruct"
-SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
-
-
-def scrape(stack) -> dict[str, list[tuple[str, float]]]:
-    """Metric samples by name: [(labels, value)]."""
-    text = httpx.get(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=30).text
-    samples: dict[str, list[tuple[str, float]]] = {}
-    for line in text.splitlines():
-        match = SAMPLE.match(line)
-        if match and not line.startswith("#"):
-            samples.setdefault(match[1], []).append((match[2] or "", float(match[3])))
-    return samples
-
-
-def total(samples, name: str, **labels: str) -> float:
-    return sum(v for lab, v in samples.get(name, []) if all(f'{k}="{val}"' in lab for k, val in labels.items()))
-
-
 def documented_metrics() -> set[str]:
     return set(re.findall(r"`(ray_pdserve_[a-z_]+)`", (ROOT / "docs" / "metrics.md").read_text()))
 

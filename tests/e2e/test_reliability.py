@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from serving.local import wait_healthy
+from tests.e2e.stack import scrape, total
 
 pytestmark = pytest.mark.e2e
 
@@ -35,23 +36,16 @@ def wait_idle(stack, timeout_s: float) -> dict:
         time.sleep(1)
 
 
-def metric_total(stack, name: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=30).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
-
-
 def wait_metric_at_least(stack, name: str, value: float, timeout_s: float = 60) -> float:
     """Ray exports recorded metrics every few seconds: poll until the series has caught up."""
     deadline = time.monotonic() + timeout_s
-    while (seen := metric_total(stack, name)) < value and time.monotonic() < deadline:
+    while (seen := total(scrape(stack), name)) < value and time.monotonic() < deadline:
         time.sleep(2)
     return seen
 
 
 def fallback_count(stack) -> float:
-    text = httpx.get(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=30).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("ray_pdserve_requests_total{") and 'path="fallback"' in line)
+    return total(scrape(stack), "ray_pdserve_requests_total", path="fallback")
 
 
 def wait_replaced(stack, role: str, old_pid: int) -> None:
