@@ -3,12 +3,14 @@
     python scripts/random_model.py --out /tmp/pdserve-random --tokenizer <folder with tokenizer files>
 
 Timings do not depend on the weights' values, so a random SmolLM2-shaped (or larger) Llama exercises the same
-kernels, KV sizes and transfers as the real model.
+kernels, KV sizes and transfers as the real model. (`builtin:stand-in` is one of these, provisioned by pdserve.)
 """
 
 from __future__ import annotations
 
 import argparse
+
+from serving.model import RandomModel, write_random_model
 
 
 def main() -> None:
@@ -21,19 +23,9 @@ def main() -> None:
     parser.add_argument("--kv-heads", type=int, default=3)
     parser.add_argument("--intermediate", type=int, default=1536)
     args = parser.parse_args()
-
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=args.hidden, num_hidden_layers=args.layers,
-                         num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-                         intermediate_size=args.intermediate, max_position_embeddings=8192,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, torch_dtype="bfloat16")
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(args.out)
-    tokenizer.save_pretrained(args.out)
+    shape = RandomModel("random", hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
+                        intermediate=args.intermediate)
+    write_random_model(shape, args.tokenizer, args.out)
     print(args.out)
 
 

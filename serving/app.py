@@ -14,7 +14,6 @@ from ray.serve import Application
 from serving.config import AutoscalingConfig, PDServeConfig, PoolConfig, Role
 
 DEPLOYMENT_NAMES: dict[Role, str] = {"prefill": "PrefillServer", "decode": "DecodeServer", "colocated": "ColocatedServer"}
-ROUTER_NAME = "PDRouter"
 
 # Ray starts worker processes at nice 15; the engine process inherits it and would yield its core to anything.
 REPLICA_ENV = {"RAY_worker_niceness": "0"}
@@ -56,27 +55,27 @@ def replica_options(pool: PoolConfig, scaling: AutoscalingConfig | None = None,
     return options
 
 
-def build_llm_deployment(config: PDServeConfig, role: Role) -> Application:
+def build_llm_deployment(config: PDServeConfig, role: Role, prefill: Application | None = None) -> Application:
+    """One pool. Decode (or colocated) is the HTTP ingress itself, so a token reaches the client from the
+    process that generated it; prefill is reached through a handle."""
     from serving.worker import LLMServer
 
     options = replica_options(config.pool(role), config.autoscaling, config.router.drain_timeout_s)
-    deployment = serve.deployment(LLMServer).options(name=DEPLOYMENT_NAMES[role], **options)
-    return deployment.bind(config.model_dump(mode="json"), role)
+    server = LLMServer
+    if role != "prefill":
+        # Admission to the pool is the app's own (429 with an OpenAI error body, `serving.ingress.Admission`):
+        # Serve lets every request through to it.
+        server = serve.ingress()(LLMServer)
+        options.update(max_ongoing_requests=config.router.max_ongoing_requests, max_queued_requests=-1)
+    deployment = serve.deployment(server).options(name=DEPLOYMENT_NAMES[role], **options)
+    return deployment.bind(config.model_dump(mode="json"), role, prefill)
 
 
 def build_pd_app(config: PDServeConfig) -> Application:
-    """Router bound to its pools: prefill + decode, or the one colocated pool."""
-    from serving.router import PDRouter
-
-    pools = {role: build_llm_deployment(config, role) for role in config.active_roles()}
-    router = serve.deployment(PDRouter).options(
-        name=ROUTER_NAME,
-        ray_actor_options={"num_cpus": config.router.num_cpus},
-        max_ongoing_requests=config.router.max_ongoing_requests,
-        # Streams in flight through a stopping router are served to their end (see replica_options).
-        graceful_shutdown_timeout_s=config.router.drain_timeout_s,
-    )
-    return router.bind(config.model_dump(mode="json"), pools)
+    """Decode bound to the prefill pool (decode is the ingress), or the one colocated pool."""
+    if config.mode == "colocated":
+        return build_llm_deployment(config, "colocated")
+    return build_llm_deployment(config, "decode", prefill=build_llm_deployment(config, "prefill"))
 
 
 APP_NAME = "pdserve"

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from serving.batch.cli import add_batch_parser
+from serving.bench.run import add_bench_parser
 from serving.config import PDServeConfig
 from serving.kube_cli import add_kube_parsers
 from serving.loadtest_cli import add_loadtest_parser
@@ -47,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
     add_loadtest_parser(sub)
     add_kube_parsers(sub)
     add_batch_parser(sub)
+    add_bench_parser(sub)
     return root
 
 

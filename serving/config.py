@@ -56,6 +56,9 @@ class CPUConfig(StrictModel):
     """VLLM_CPU_OMP_THREADS_BIND for the engine: core list such as `0` or `0-1`, or `auto`."""
     kvcache_space_gib: int = Field(1, ge=1)
     """VLLM_CPU_KVCACHE_SPACE: GiB of KV cache per replica (vLLM takes whole GiB)."""
+    engine_spin_s: float = Field(0.01, ge=0, le=1)
+    """How long the engine's processes busy-wait for the next step after one (vLLM: 1 s); see
+    `serving.vllm_cpu_plugin`. Long enough to span the gap between steps of a busy engine."""
 
 
 class ReplicasConfig(StrictModel):
@@ -118,13 +121,19 @@ class RouterConfig(StrictModel):
     prefill_timeout_s: float = Field(120.0, gt=0)
     """Longest wait for the prefill leg (queueing included) before the request fails with 504."""
     decode_first_token_timeout_s: float = Field(120.0, gt=0)
-    """Longest wait for the decode leg's first reply (KV pull included)."""
+    """Longest wait for a stream's first chunk from the decode (or colocated) engine (KV pull included); past
+    it the stream ends with a 504 error event."""
     request_timeout_s: float = Field(600.0, gt=0)
     """Longest wait for a whole non-streamed completion."""
     scale_from_zero_timeout_s: float = Field(600.0, gt=0)
     """Longest wait for pools at zero replicas to come up (an engine's cold start; minutes on a busy CPU)."""
-    num_cpus: float = Field(0.5, ge=0)
     max_ongoing_requests: int = Field(256, ge=1)
+    """Requests Serve lets into one ingress (decode or colocated) replica at once; the pool's own
+    `max_ongoing_requests`/`max_queued_requests` then decide, with an OpenAI 429 past them."""
+    direct_ingress: bool = True
+    """Clients reach the ingress replicas through HAProxy (Ray Serve's direct ingress), which forwards each
+    connection to a replica's own HTTP server: no Python proxy and no Ray hop per streamed token. False: Serve's
+    Python proxy, one Ray hop per streamed chunk."""
     fallback_to_decode: bool = True
     """When the prefill leg fails (5xx, timeout, replica gone), serve the request on decode alone."""
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
@@ -198,7 +207,9 @@ class PDServeConfig(StrictModel):
             resources=ResourcesConfig(resources={"pdserve_decode": 1}), cpu=CPUConfig(threads_bind="1")
         )
     )
-    colocated: PoolConfig = Field(default_factory=lambda: PoolConfig(cpu=CPUConfig(threads_bind="0-1")))
+    # `auto` binds like `vllm serve` does: the model on the node's cores but one, which is left to the scheduler
+    # process and the HTTP side (binding every core would make them compete with the model's threads).
+    colocated: PoolConfig = Field(default_factory=lambda: PoolConfig(cpu=CPUConfig(threads_bind="auto")))
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     kubernetes: KubernetesConfig | None = None
     """Where this profile runs on Kubernetes (`pdserve render`); `pdserve up` and the app ignore it."""

@@ -33,8 +33,12 @@ class EngineCounters:
     kv_transfer_seconds: float = 0.0
     kv_transfer_failures: int = 0
     kv_expired_requests: int = 0
+    kv_pulls_requested: int = 0
+    """Requests handed to this (decode) engine with KV to pull over NIXL."""
     kv_pulls_skipped: int = 0
-    """Decode requests admitted after their KV pull deadline, which recomputed their prompt instead."""
+    """Decode requests that reached the engine after their KV pull deadline, which recomputed their prompt."""
+    last_reply_at: float = 0.0
+    """Wall-clock time this replica last finished a unary leg (the prefill leg: when its KV lease started)."""
     kv_connector_raw: dict[str, Any] = field(default_factory=dict)
     # (monotonic time, seconds) of recent engine-side TTFTs and inter-token latencies, for autoscaling.
     recent_ttft: deque = field(default_factory=lambda: deque(maxlen=512), repr=False)

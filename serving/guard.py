@@ -9,12 +9,16 @@ router sets from its config when its replica starts.
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.responses import JSONResponse
 
-from serving.worker import error_body
+from serving.protocol import error_body
+
+ARRIVED = "pdserve.arrived"
+"""Scope key: perf_counter() when the request reached this replica's app, the start of the TTFT it records."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -47,6 +51,7 @@ class RequestGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        scope[ARRIVED] = time.perf_counter()
         state = scope["app"].state
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
         if not authorized(scope["path"], headers.get("authorization", ""), getattr(state, "api_keys", [])):

@@ -2,8 +2,8 @@
 
 Prefill leg: the client's request with one output token, no streaming and `do_remote_decode`, so the prefill
 engine keeps the prompt's KV blocks pinned (for `kv_transfer.lease_seconds`) and returns where to read them.
-Decode leg: the client's request unchanged plus those `kv_transfer_params`, so the decode engine pulls the
-blocks over NIXL instead of recomputing the prompt.
+Decode leg: the client's request unchanged plus those `kv_transfer_params` (`LLMServer.run` sets them, and only
+ever from the prefill engine's answer), so the decode engine pulls the blocks over NIXL instead of recomputing.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import socket
 from typing import Any
 
 from serving.config import PDServeConfig, Role
+from serving.vllm_cpu_plugin import SPIN_ENV
 
 KV_ROLE: dict[Role, str | None] = {"prefill": "kv_producer", "decode": "kv_consumer", "colocated": None}
 
@@ -36,27 +37,16 @@ def prefill_request(body: dict[str, Any]) -> dict[str, Any]:
     return leg
 
 
-def decode_request(body: dict[str, Any], kv_transfer_params: dict[str, Any] | None) -> dict[str, Any]:
-    """Only the prefill engine's answer may say where KV blocks are: whatever the body carried is dropped."""
-    leg = without_kv_params(body)
-    if kv_transfer_params:
-        leg["kv_transfer_params"] = kv_transfer_params
-    return leg
-
-
 def kv_pull_deadline(config: PDServeConfig, prefilled_at: float) -> float:
     """Wall-clock time by which a decode replica must take the request for its KV pull to be safe.
 
     The prefill engine releases unpulled blocks `lease_seconds` after its reply unless the decode engine's
-    heartbeats (every lease/6, from the moment vLLM receives the request) extend the lease. A decode leg that
-    waited in Serve's queue past two thirds of the lease could otherwise read blocks already handed to another
-    request; past this deadline the decode replica recomputes the prompt instead.
+    heartbeats (every lease/6, from the moment vLLM receives the request) extend the lease. A decode replica that
+    hands the request to its engine later than two thirds of the lease (its event loop stalled, the host
+    stalled) could otherwise read blocks already handed to another request; past this deadline it recomputes the
+    prompt instead. The prefill replica sets it when its engine has finished (`LegReply.kv_deadline`).
     """
     return prefilled_at + config.kv_transfer.lease_seconds * 2 / 3
-
-
-def without_kv_params(body: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k != "kv_transfer_params"}
 
 
 def kv_transfer_config(config: PDServeConfig, role: Role) -> dict[str, Any] | None:
@@ -89,6 +79,7 @@ def replica_env(config: PDServeConfig, role: Role, node_ip: str) -> dict[str, st
     if config.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(pool.cpu.kvcache_space_gib)
         env["VLLM_CPU_OMP_THREADS_BIND"] = pool.cpu.threads_bind
+        env[SPIN_ENV] = str(pool.cpu.engine_spin_s)
     if KV_ROLE[role] is not None:
         port = config.kv_transfer.side_channel_port or free_port()
         env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = node_ip

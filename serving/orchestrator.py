@@ -1,8 +1,11 @@
-"""Runs one request through the pools: prefill -> (KV over NIXL) -> decode, or straight to a colocated pool.
+"""Runs one request inside the ingress replica: remote prefill -> (KV over NIXL) -> local decode, or local only.
 
-Returns the first `LegReply` (status, body or stream head, which replicas served it) and, for a stream, the
-iterator of SSE lines still to come from the decode replica. Each decode chunk is forwarded as soon as the
-replica yields it; nothing here buffers tokens.
+The ingress replica *is* a decode (or colocated) engine replica: the client's stream comes straight out of the
+engine in the same process, so no Ray hop sits between a generated token and the client's socket. The only
+remote call is the prefill leg (one unary call per request to the prefill pool, through a Serve handle).
+
+What to do with a request is decided first, as a value (`Plan`: a path and the reason for it), then executed;
+the reason travels in a response header and the `path` metric label.
 """
 
 from __future__ import annotations
@@ -14,15 +17,23 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from serving.config import PDServeConfig
-from serving.kv import decode_request, kv_pull_deadline, prefill_request
-from serving.worker import Endpoint, LegReply, error_body, error_reply
+from serving.kv import prefill_request
+from serving.protocol import Endpoint, LegReply, error_body, error_reply
 
 log = logging.getLogger(__name__)
 
-ROUTER = "router"
+Path = Literal["disaggregated", "decode_only", "colocated"]
+NO_REPLICA = "none"
+"""Replica name in headers for a leg that did not run."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    path: Path
+    reason: str
 
 
 @dataclass
@@ -30,156 +41,161 @@ class Outcome:
     reply: LegReply
     stream: AsyncIterator[str] | None = None
     replicas: dict[str, str] = field(default_factory=dict)
-    path: str = "disaggregated"
+    plan: Plan = Plan("disaggregated", "")
     stages: dict[str, float] = field(default_factory=dict)
-    """Seconds spent in TTFT stages that end before the first token (`prefill`)."""
+    """Seconds spent in TTFT stages that end before the decode engine has the request (`prefill`)."""
     decode_started: float | None = None
-    """perf_counter() when the decode (or colocated) leg was sent; the router times its first token from it."""
+    """perf_counter() when the request was handed to the local engine; the first token is timed from it."""
     dropped_usage: bool = False
-    """The decode leg was asked for a usage chunk the client did not request (the router removes it)."""
+    """The engine was asked for a usage chunk the client did not request (the ingress removes it)."""
 
 
-async def _first(stream) -> LegReply:
-    return await stream.__anext__()
+class LocalEngine(Protocol):
+    """The engine of this replica, as the orchestrator uses it (`serving.worker.LLMServer`)."""
+
+    replica: str
+
+    async def run(self, endpoint: Endpoint, request: Any, *, kv_transfer_params: dict | None = None,
+                  kv_deadline: float | None = None, include_usage: bool = False,
+                  raw_request: Any = None) -> tuple[LegReply, AsyncIterator[str] | None]: ...
 
 
-async def _rest(stream, leg: str) -> AsyncIterator[str]:
-    try:
-        async for chunk in stream:
-            yield chunk
-    except Exception as exc:  # the replica died or failed after tokens went out: say so, never just stop
-        log.warning("pdserve: %s stream broke after its first chunk: %r", leg, exc)
-        error = error_body(f"{leg} failed mid-stream: {type(exc).__name__}", 500, "InternalServerError")
-        yield f"data: {json.dumps(error)}\n\n"
-        yield "data: [DONE]\n\n"
+def plan_request(prefill_running: int | None, config: PDServeConfig) -> Plan:
+    """Disaggregate unless the prefill pool is known to be down (and may be skipped)."""
+    pool_may_be_down = config.router.fallback_to_decode and config.prefill.replicas.min >= 1
+    if pool_may_be_down and prefill_running == 0:
+        # Its replica died and Serve is starting another: waiting would stall the request for an engine's
+        # cold start; decode alone serves it now.
+        return Plan("decode_only", "prefill pool has no running replica")
+    return Plan("disaggregated", "prefill pool available")
 
 
-def _unavailable(leg: str, exc: BaseException) -> LegReply:
+def wants_usage(request: Any) -> tuple[bool, bool]:
+    """(ask the engine for a usage chunk, the client did not ask for it). Usage gives exact TPOT counts."""
+    if not getattr(request, "stream", False):
+        return False, False
+    options = getattr(request, "stream_options", None)
+    asked = bool(options is not None and options.include_usage)
+    return True, not asked
+
+
+def _leg_failure(leg: str, exc: BaseException) -> LegReply:
     from ray.serve.exceptions import BackPressureError
 
     if isinstance(exc, asyncio.TimeoutError):
-        return error_reply(ROUTER, f"{leg} timed out", HTTPStatus.GATEWAY_TIMEOUT, "TimeoutError", None)
+        return error_reply(NO_REPLICA, f"{leg} timed out", HTTPStatus.GATEWAY_TIMEOUT, "TimeoutError", None)
     if isinstance(exc, BackPressureError):
-        return error_reply(ROUTER, f"{leg} pool is at capacity, retry later", HTTPStatus.TOO_MANY_REQUESTS,
+        return error_reply(NO_REPLICA, f"{leg} pool is at capacity, retry later", HTTPStatus.TOO_MANY_REQUESTS,
                            "RateLimitError", None)
     log.warning("pdserve: %s leg failed: %r", leg, exc)
-    return error_reply(ROUTER, f"{leg} failed: {type(exc).__name__}", HTTPStatus.SERVICE_UNAVAILABLE,
+    return error_reply(NO_REPLICA, f"{leg} failed: {type(exc).__name__}", HTTPStatus.SERVICE_UNAVAILABLE,
                        "ServiceUnavailableError", None)
 
 
-def retryable(reply: LegReply) -> bool:
-    """A leg that failed for reasons of the server (replica gone, engine error), not of the request."""
-    return reply.status >= 500
+def _error_event(message: str, status: int, err_type: str) -> str:
+    return f"data: {json.dumps(error_body(message, status, err_type))}\n\n"
 
 
-async def run_leg(handle, endpoint: Endpoint, body: dict[str, Any], stream: bool, timeout_s: float, leg: str,
-                  kv_deadline: float | None = None):
-    """Call one pool; a stream comes back as (head, rest-of-stream), a unary call as (reply, None)."""
+async def _guarded(stream: AsyncIterator[str], leg: str, first_chunk_timeout_s: float) -> AsyncIterator[str]:
+    """The engine's SSE lines. A stream whose first line does not come within the bound, or whose engine breaks
+    after lines went out, ends with an OpenAI error event: never a silent truncation."""
+    chunks = aiter(stream)
     try:
-        if not stream:
-            return await asyncio.wait_for(handle.complete.remote(endpoint, body, kv_deadline), timeout_s), None
-        chunks = handle.options(stream=True).generate.remote(endpoint, body, kv_deadline)
-        head = await asyncio.wait_for(_first(chunks), timeout_s)
-        return head, (_rest(chunks, leg) if head.status == 200 else None)
-    except Exception as exc:  # Ray actor death, cancellation by timeout, serialization errors
-        return _unavailable(leg, exc), None
-
-
-def with_usage(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """The decode leg always reports usage on streams; returns (body, whether the client did not ask for it)."""
-    if not body.get("stream"):
-        return body, False
-    options = dict(body.get("stream_options") or {})
-    if options.get("include_usage"):
-        return body, False
-    options["include_usage"] = True
-    return {**body, "stream_options": options}, True
+        yield await asyncio.wait_for(anext(chunks), first_chunk_timeout_s)
+        async for chunk in chunks:
+            yield chunk
+    except StopAsyncIteration:
+        return
+    except asyncio.TimeoutError:
+        yield _error_event(f"{leg} produced no output within {first_chunk_timeout_s:g} s", 504, "TimeoutError")
+        yield "data: [DONE]\n\n"
+    except Exception as exc:
+        log.warning("pdserve: %s stream broke: %r", leg, exc)
+        yield _error_event(f"{leg} failed mid-stream: {type(exc).__name__}", 500, "InternalServerError")
+        yield "data: [DONE]\n\n"
 
 
 class Orchestrator:
-    """Base: pools that may be at zero replicas are woken together before the first leg is sent."""
+    def __init__(self, local: LocalEngine, config: PDServeConfig, role: str):
+        self.local, self.config, self.router, self.role = local, config, config.router, role
 
-    def __init__(self, pools: dict[str, Any], config: PDServeConfig,
-                 running: Callable[[str], int | None] = lambda role: None):
-        self.pools, self.config, self.router = pools, config, config.router
-        self.running = running
-        """Running replicas of a pool as Serve's controller last reported them (None: not known yet)."""
-        # A pool allowed to scale to zero may be cold. Waking every pool at once (a cheap call each, which Serve
-        # queues until a replica is up) starts them in parallel, and decode is up before prefill pins KV that
-        # would otherwise expire during decode's cold start.
-        self.may_be_cold = any(config.pool(role).replicas.min == 0 for role in pools)
-
-    async def wake(self) -> LegReply | None:
-        if not self.may_be_cold:
-            return None
+    async def _local(self, endpoint: Endpoint, request: Any, outcome: Outcome, raw_request: Any,
+                     kv_transfer_params: dict | None = None, kv_deadline: float | None = None) -> Outcome:
+        """Hand the request to this replica's engine: a unary reply must finish within `request_timeout_s`, a
+        stream must start within `decode_first_token_timeout_s`."""
+        include_usage, outcome.dropped_usage = wants_usage(request)
+        outcome.decode_started = time.perf_counter()
+        stream = bool(getattr(request, "stream", False))
         try:
-            await asyncio.wait_for(asyncio.gather(*(p.ping.remote() for p in self.pools.values())),
-                                   self.router.scale_from_zero_timeout_s)
-        except Exception as exc:
-            return _unavailable("scale-from-zero", exc)
-        return None
-
-
-class DisaggregatedOrchestrator(Orchestrator):
-    async def __call__(self, endpoint: Endpoint, body: dict[str, Any]) -> Outcome:
-        if body.get("n", 1) != 1:
-            return Outcome(error_reply(ROUTER, "n > 1 is not supported by disaggregated serving",
-                                       HTTPStatus.BAD_REQUEST, "BadRequestError", "n"))
-        if (failure := await self.wake()) is not None:
-            return Outcome(failure)
-        started = time.perf_counter()
-        if self.prefill_down():
-            # Its replica died and Serve is starting another: waiting would stall the request for an engine's
-            # cold start; decode alone serves it now.
-            prefill = error_reply(ROUTER, "prefill pool has no running replica", HTTPStatus.SERVICE_UNAVAILABLE,
-                                  "ServiceUnavailableError", None)
-        else:
-            prefill, _ = await run_leg(self.pools["prefill"], endpoint, prefill_request(body), False,
-                                       self.router.prefill_timeout_s, "prefill")
-        stages = {"prefill": time.perf_counter() - started}
-        replicas = {"prefill": prefill.replica}
-        params = (prefill.body or {}).get("kv_transfer_params") if prefill.status == 200 else None
-        path = "disaggregated"
-        kv_deadline = kv_pull_deadline(self.config, time.time()) if params else None
-        if prefill.status == 200 and not params:
-            prefill = error_reply(ROUTER, "prefill returned no kv_transfer_params (is kv_role kv_producer?)",
-                                  HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerError", None)
-        if prefill.status != 200:
-            if not (retryable(prefill) and self.router.fallback_to_decode):
-                return Outcome(prefill, replicas=replicas, stages=stages)
-            # Decode recomputes the prompt itself: slower, but the request is served.
-            log.warning("pdserve: prefill failed (%s); serving %s on decode alone", prefill.status,
-                        body.get("request_id"))
-            path = "fallback"
-        return await self._decode(endpoint, decode_request(body, params), replicas, path, stages, kv_deadline)
-
-    def prefill_down(self) -> bool:
-        """A prefill pool that should have replicas (min >= 1) and has none running, with fallback allowed."""
-        return (self.router.fallback_to_decode and self.config.prefill.replicas.min >= 1
-                and self.running("prefill") == 0)
-
-    async def _decode(self, endpoint: Endpoint, body: dict[str, Any], replicas: dict[str, str], path: str,
-                      stages: dict[str, float], kv_deadline: float | None) -> Outcome:
-        """The decode leg, retried once when it fails before its first reply (another replica may take it)."""
-        stream = bool(body.get("stream"))
-        decode_body, dropped = with_usage(body)
-        for attempt in range(2):
-            started = time.perf_counter()
-            head, rest = await run_leg(self.pools["decode"], endpoint, decode_body, stream,
-                                       self.router.leg_timeout_s(stream), "decode", kv_deadline)
-            if not (retryable(head) and head.replica == ROUTER and attempt == 0):
-                break
-        replicas["decode"] = head.replica
-        return Outcome(head, rest, replicas, path, stages, started, dropped)
+            reply, chunks = await asyncio.wait_for(
+                self.local.run(endpoint, request, kv_transfer_params=kv_transfer_params, kv_deadline=kv_deadline,
+                               include_usage=include_usage, raw_request=raw_request),
+                self.router.leg_timeout_s(stream))
+        except asyncio.TimeoutError as exc:
+            reply, chunks = _leg_failure(self.role, exc), None
+        outcome.reply, outcome.replicas[self.role] = reply, self.local.replica
+        if chunks is not None:
+            outcome.stream = _guarded(chunks, self.role, self.router.decode_first_token_timeout_s)
+        return outcome
 
 
 class ColocatedOrchestrator(Orchestrator):
-    async def __call__(self, endpoint: Endpoint, body: dict[str, Any]) -> Outcome:
-        if (failure := await self.wake()) is not None:
-            return Outcome(failure, path="colocated")
-        stream = bool(body.get("stream"))
-        leg_body, dropped = with_usage(body)
+    def __init__(self, local: LocalEngine, config: PDServeConfig):
+        super().__init__(local, config, "colocated")
+
+    async def __call__(self, endpoint: Endpoint, request: Any, body: dict[str, Any],
+                       raw_request: Any = None) -> Outcome:
+        outcome = Outcome(LegReply(0, None, NO_REPLICA), plan=Plan("colocated", "colocated mode"))
+        return await self._local(endpoint, request, outcome, raw_request)
+
+
+class DisaggregatedOrchestrator(Orchestrator):
+    def __init__(self, local: LocalEngine, prefill, config: PDServeConfig,
+                 running: Callable[[str], int | None] = lambda role: None):
+        super().__init__(local, config, "decode")
+        self.prefill = prefill
+        """DeploymentHandle of the prefill pool."""
+        self.running = running
+        """Running replicas of a pool as Serve's controller last reported them (None: not known yet)."""
+
+    def prefill_timeout_s(self) -> float:
+        cold = self.config.prefill.replicas.min == 0 and not self.running("prefill")
+        return self.router.scale_from_zero_timeout_s if cold else self.router.prefill_timeout_s
+
+    async def __call__(self, endpoint: Endpoint, request: Any, body: dict[str, Any],
+                       raw_request: Any = None) -> Outcome:
+        if getattr(request, "n", 1) not in (None, 1):
+            reply = error_reply(NO_REPLICA, "n > 1 is not supported by disaggregated serving",
+                                HTTPStatus.BAD_REQUEST, "BadRequestError", "n")
+            return Outcome(reply)
+        plan = plan_request(self.running("prefill"), self.config)
+        outcome = Outcome(LegReply(0, None, NO_REPLICA), replicas={"prefill": NO_REPLICA}, plan=plan)
+        if plan.path == "decode_only":
+            return await self._local(endpoint, request, outcome, raw_request)
+
         started = time.perf_counter()
-        head, rest = await run_leg(self.pools["colocated"], endpoint, leg_body, stream,
-                                   self.router.leg_timeout_s(stream), "colocated")
-        return Outcome(head, rest, {"colocated": head.replica}, "colocated", {}, started, dropped)
+        prefill = await self._prefill(endpoint, body)
+        outcome.stages["prefill"] = time.perf_counter() - started
+        outcome.replicas["prefill"] = prefill.replica
+        params = (prefill.body or {}).get("kv_transfer_params") if prefill.status == 200 else None
+        if prefill.status == 200 and not params:
+            prefill = error_reply(prefill.replica, "prefill returned no kv_transfer_params (is kv_role "
+                                  "kv_producer?)", HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerError", None)
+        if prefill.status != 200:
+            if not (prefill.status >= 500 and self.router.fallback_to_decode):
+                outcome.reply = prefill
+                return outcome
+            # Decode recomputes the prompt itself: slower, but the request is served.
+            log.warning("pdserve: prefill failed (%s); serving %s on decode alone", prefill.status,
+                        body.get("request_id"))
+            outcome.plan = Plan("decode_only", f"prefill failed with {prefill.status}")
+            return await self._local(endpoint, request, outcome, raw_request)
+        return await self._local(endpoint, request, outcome, raw_request, kv_transfer_params=params,
+                                 kv_deadline=prefill.kv_deadline)
+
+    async def _prefill(self, endpoint: Endpoint, body: dict[str, Any]) -> LegReply:
+        try:
+            return await asyncio.wait_for(self.prefill.complete.remote(endpoint, prefill_request(body)),
+                                          self.prefill_timeout_s())
+        except Exception as exc:  # Ray actor death, cancellation by timeout, back-pressure
+            return _leg_failure("prefill", exc)

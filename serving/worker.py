@@ -1,8 +1,11 @@
 """`LLMServer`: one vLLM engine inside a Ray Serve replica, in the role prefill, decode or colocated.
 
 The replica runs vLLM's own OpenAI serving layer (`OpenAIServingChat`/`OpenAIServingCompletion` over an
-`AsyncLLM`), so chat templates, validation and the wire format are exactly `vllm serve`'s. It knows nothing of
-the other leg: the router decides what each leg receives (see `serving.kv`).
+`AsyncLLM`), so chat templates, validation and the wire format are exactly `vllm serve`'s.
+
+Decode and colocated replicas are also the HTTP ingress (`serving.app` wraps them with `serve.ingress`; the app
+comes from `serving.api`): tokens go from the engine to the client's socket in this process. Prefill replicas
+are called through a Serve handle (`complete`), one unary call per request.
 """
 
 from __future__ import annotations
@@ -11,29 +14,18 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from serving.config import PDServeConfig, Role
 from serving.engine_args import engine_arg_values, parse_vllm_args, to_cli
-from serving.kv import replica_env, without_kv_params
+from serving.kv import kv_pull_deadline, replica_env
 from serving.model import resolve_model
+from serving.protocol import Endpoint, LegReply, error_reply
 
 log = logging.getLogger(__name__)
-
-Endpoint = Literal["chat", "completions"]
-
-
-@dataclass
-class LegReply:
-    """First (or only) item a leg returns: the status, the JSON body unless streaming, who served it."""
-
-    status: int
-    body: dict[str, Any] | None
-    replica: str
 
 
 def _lower_niceness() -> None:
@@ -46,15 +38,6 @@ def _lower_niceness() -> None:
             log.warning("pdserve: replica runs at nice %d and may not lower it (set RAY_worker_niceness=0)", current)
 
 
-def error_body(message: str, status: int, err_type: str, param: str | None = None) -> dict[str, Any]:
-    """The OpenAI error object, as vLLM's ErrorResponse serializes it."""
-    return {"error": {"message": message, "type": err_type, "param": param, "code": int(status)}}
-
-
-def error_reply(replica: str, message: str, status: HTTPStatus, err_type: str, param: str | None) -> LegReply:
-    return LegReply(int(status), error_body(message, status, err_type, param), replica)
-
-
 def validation_reply(replica: str, exc: ValidationError) -> LegReply:
     first = exc.errors()[0]
     param = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int)) or None
@@ -62,10 +45,17 @@ def validation_reply(replica: str, exc: ValidationError) -> LegReply:
     return error_reply(replica, message, HTTPStatus.BAD_REQUEST, "BadRequestError", param)
 
 
+def request_model(endpoint: Endpoint):
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    return ChatCompletionRequest if endpoint == "chat" else CompletionRequest
+
+
 class LLMServer:
     """A Serve deployment class; `serving.app` binds it once per role with `.options(name=...)`."""
 
-    async def __init__(self, config: dict[str, Any], role: Role):
+    async def __init__(self, config: dict[str, Any], role: Role, prefill=None):
         import ray
         from ray import serve
         from starlette.datastructures import State
@@ -73,7 +63,6 @@ class LLMServer:
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
-
         from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
         from serving.engine_stats import EngineCounters, stat_logger_factory
@@ -81,6 +70,8 @@ class LLMServer:
 
         self.config = PDServeConfig.model_validate(config)
         self.role = role
+        self.prefill = prefill
+        """DeploymentHandle of the prefill pool (decode replicas of a disaggregated app only)."""
         context = serve.get_replica_context()
         self.replica = context.replica_id.to_full_id_str()
         _lower_niceness()
@@ -91,7 +82,7 @@ class LLMServer:
         engine_args = AsyncEngineArgs.from_cli_args(args)
         vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
         self.counters = EngineCounters()
-        self.requests_in_flight = 0  # legs inside this replica (the engine's own counts lag by an iteration)
+        self.requests_in_flight = 0  # requests inside this replica (the engine's own counts lag by an iteration)
         self.pool_metrics = PoolMetrics(role)
         self.signal_window_s = self.config.autoscaling.look_back_period_s
         self.engine = AsyncLLM.from_vllm_config(
@@ -106,37 +97,38 @@ class LLMServer:
         await init_app_state(self.engine, self.state, args, await self.engine.get_supported_tasks())
         log.info("pdserve: %s replica %s ready (pid %d)", role, self.replica, os.getpid())
 
-    async def _create(self, endpoint: Endpoint, body: dict[str, Any]):
-        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    async def __serve_build_asgi_app__(self):
+        """The HTTP app of an ingress replica (Serve calls this once the constructor has run)."""
+        from serving.api import build_api
 
-        if endpoint == "chat":
-            request = ChatCompletionRequest.model_validate(body)
-            return await self.state.openai_serving_chat.create_chat_completion(request, None)
-        request = CompletionRequest.model_validate(body)
-        return await self.state.openai_serving_completion.create_completion(request, None)
+        return build_api(self)
 
-    def _fresh_kv(self, body: dict[str, Any], kv_deadline: float | None) -> dict[str, Any]:
-        """The decode body, without KV params whose blocks the prefill engine may have released (see
-        `serving.kv.kv_pull_deadline`): this engine then computes the prompt itself."""
-        if kv_deadline is None or "kv_transfer_params" not in body or time.time() <= kv_deadline:
-            return body
-        late = time.time() - kv_deadline
-        log.warning("pdserve: %s reached decode %.1f s after its KV pull deadline; recomputing its prompt",
-                    body.get("request_id"), late)
-        self.counters.kv_pulls_skipped += 1
-        self.pool_metrics.kv_pulls_skipped.inc(tags=self.pool_metrics.tags)
-        return without_kv_params(body)
+    # --- the engine, in this process --------------------------------------------------------------------
 
-    async def _reply_or_stream(self, endpoint: Endpoint, body: dict[str, Any], kv_deadline: float | None = None):
+    async def run(self, endpoint: Endpoint, request: Any, *, kv_transfer_params: dict | None = None,
+                  kv_deadline: float | None = None, include_usage: bool = False,
+                  raw_request=None) -> tuple[LegReply, AsyncIterator[str] | None]:
+        """Serve a parsed request on this engine: a complete reply, or a stream head plus vLLM's SSE lines.
+
+        `kv_transfer_params` (from the prefill leg; never the client's) make the engine pull the prompt's KV
+        over NIXL instead of computing it, unless `kv_deadline` has passed: the prefill engine may have released
+        those blocks by then, so the prompt is recomputed instead (counted).
+        """
+        from vllm.entrypoints.generate.base.protocol import StreamOptions
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
         from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
-        body = self._fresh_kv(body, kv_deadline)
+        update: dict[str, Any] = {"kv_transfer_params": self._fresh(kv_transfer_params, kv_deadline, request)}
+        if include_usage:
+            options = request.stream_options
+            update["stream_options"] = StreamOptions(
+                include_usage=True, continuous_usage_stats=bool(options and options.continuous_usage_stats))
+        request = request.model_copy(update=update)
         try:
-            result = await self._create(endpoint, body)
-        except ValidationError as exc:
-            return validation_reply(self.replica, exc), None
+            if endpoint == "chat":
+                result = await self.state.openai_serving_chat.create_chat_completion(request, raw_request)
+            else:
+                result = await self.state.openai_serving_completion.create_completion(request, raw_request)
         except Exception as exc:  # vLLM raises its validation errors (VLLMValidationError & co) from here
             result = create_error_response(exc)
         if isinstance(result, ErrorResponse):
@@ -145,40 +137,44 @@ class LLMServer:
             return LegReply(200, result.model_dump(), self.replica), None
         return LegReply(200, None, self.replica), result
 
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any], kv_deadline: float | None = None) -> LegReply:
-        """A non-streaming call (the prefill leg, or a client that did not ask for a stream)."""
+    def _fresh(self, params: dict | None, deadline: float | None, request: Any) -> dict | None:
+        if params is None:
+            return None
+        if deadline is None or time.time() <= deadline:
+            self.counters.kv_pulls_requested += 1
+            return params
+        log.warning("pdserve: %s reached decode %.1f s after its KV pull deadline; recomputing its prompt",
+                    request.request_id, time.time() - deadline)
+        self.counters.kv_pulls_skipped += 1
+        self.pool_metrics.kv_pulls_skipped.inc(tags=self.pool_metrics.tags)
+        return None
+
+    # --- called through Serve handles ---------------------------------------------------------------------
+
+    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> LegReply:
+        """A unary call from another replica (the prefill leg): JSON body in, complete reply out."""
+        try:
+            request = request_model(endpoint).model_validate(body)
+        except ValidationError as exc:
+            return validation_reply(self.replica, exc)
         self.requests_in_flight += 1
         try:
-            reply, stream = await self._reply_or_stream(endpoint, body, kv_deadline)
+            reply, stream = await self.run(endpoint, request, kv_transfer_params=body.get("kv_transfer_params"))
             if stream is not None:  # the caller asked for stream=True on a unary call
                 async for _ in stream:
                     pass
                 return error_reply(self.replica, "stream requested on a unary leg",
                                    HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerError", "stream")
+            self.counters.last_reply_at = time.time()
+            if reply.status == 200 and self.role == "prefill":
+                reply.kv_deadline = kv_pull_deadline(self.config, self.counters.last_reply_at)
             return reply
-        except Exception as exc:  # never let an engine-side bug look like a dead replica to the router
-            return self._internal_error(exc)
+        except Exception as exc:  # never let an engine-side bug look like a dead replica to the caller
+            return self.internal_error(exc)
         finally:
             self.requests_in_flight -= 1
 
-    async def generate(self, endpoint: Endpoint, body: dict[str, Any],
-                       kv_deadline: float | None = None) -> AsyncIterator[LegReply | str]:
-        """A streaming call: yields a `LegReply` first, then (when it streams) vLLM's SSE lines."""
-        self.requests_in_flight += 1
-        try:
-            try:
-                reply, stream = await self._reply_or_stream(endpoint, body, kv_deadline)
-            except Exception as exc:
-                yield self._internal_error(exc)
-                return
-            yield reply
-            if stream is not None:
-                async for chunk in stream:
-                    yield chunk
-        finally:
-            self.requests_in_flight -= 1
-
-    def _internal_error(self, exc: Exception) -> LegReply:
+    def internal_error(self, exc: Exception) -> LegReply:
         log.exception("pdserve: %s leg raised", self.role)
         return error_reply(self.replica, f"{self.role} failed: {type(exc).__name__}: {exc}",
                            HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerError", None)
@@ -191,7 +187,7 @@ class LLMServer:
                 "requests_in_flight": self.requests_in_flight, **self.counters.as_dict()}
 
     async def ping(self) -> str:
-        """Cheap call the router uses to wake a pool that may be at zero replicas."""
+        """Cheap call that wakes a pool that may be at zero replicas."""
         return self.replica
 
     def record_autoscaling_stats(self) -> dict[str, float]:

@@ -61,11 +61,9 @@ def _check_pool(config: PDServeConfig, k: KubernetesConfig, role: str) -> None:
             f"{role}.resources.resources: name a custom Ray resource (e.g. {{pdserve_{role}: 1}}) so {role} "
             f"replicas can only be placed on the {role} worker group"
         )
-    needed = pool.resources.num_cpus + config.router.num_cpus
+    needed = pool.resources.num_cpus
     if cpu_cores(group.cpu) < needed:
-        raise RenderError(
-            f"kubernetes.{role}.cpu: {group.cpu} is less than the {needed:g} CPUs a {role} replica plus the router need"
-        )
+        raise RenderError(f"kubernetes.{role}.cpu: {group.cpu} is less than the {needed:g} CPUs a {role} replica needs")
     capacity = k.nodes.slices_per_node(group.mig_profile) * k.nodes.max_nodes
     if pool.replicas.max > capacity:
         raise RenderError(

@@ -12,6 +12,7 @@ from typing import Any
 
 from serving.config import PDServeConfig
 from serving.deploy_config import GroupConfig, KubernetesConfig
+from serving.ray_env import serve_env
 from serving.render import names
 from serving.render.checks import ROLES
 from serving.render.yamltext import dump
@@ -94,7 +95,7 @@ def _head_group(config: PDServeConfig) -> dict[str, Any]:
     }
     container = {
         "name": "ray-head",
-        **_container_basics(k, config.router.api_keys_env),
+        **_container_basics(config),
         "ports": _ports(ports),
         "resources": {"requests": dict(size), "limits": dict(size)},
         "readinessProbe": _http_probe("/api/gcs_healthz", names.DASHBOARD_PORT, initial=10, failures=10),
@@ -158,7 +159,7 @@ def _worker_pod(config: PDServeConfig, role: str, group: GroupConfig) -> dict[st
     }
     container = {
         "name": "ray-worker",
-        **_container_basics(k, config.router.api_keys_env),
+        **_container_basics(config),
         "ports": _ports(ports),
         "resources": {
             "requests": {"cpu": group.cpu, "memory": group.memory, gpu: 1},
@@ -188,10 +189,15 @@ def _worker_pod(config: PDServeConfig, role: str, group: GroupConfig) -> dict[st
     }
 
 
-def _container_basics(k: KubernetesConfig, api_keys_env: str) -> dict[str, Any]:
+def _container_basics(config: PDServeConfig) -> dict[str, Any]:
+    k = config.kubernetes
+    assert k is not None
+    api_keys_env = config.router.api_keys_env
     env: list[dict[str, Any]] = [
         {"name": "HF_HOME", "value": f"{HOME}/.cache/huggingface"},
         {"name": "PDSERVE_CACHE", "value": f"{HOME}/.cache/pdserve"},
+        # Read by the raylet and by Serve in every Ray process of the cluster (see serving.ray_env).
+        *({"name": name, "value": value} for name, value in serve_env(config).items()),
     ]
     if k.hf_token_secret:
         env.append(

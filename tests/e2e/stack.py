@@ -6,6 +6,7 @@ readiness, and a clean stop on SIGINT with no process left behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -128,3 +129,50 @@ def scrape(stack) -> dict[str, list[tuple[str, float]]]:
 
 def total(samples, name: str, **labels: str) -> float:
     return sum(v for lab, v in samples.get(name, []) if all(f'{k}="{val}"' in lab for k, val in labels.items()))
+
+
+# --- fault injection: exact, by process state, never by timing -----------------------------------------------
+
+def replica_tree(pid: int) -> list[psutil.Process]:
+    """A replica process and the engine processes under it (VLLM::EngineCore, VLLM::Worker)."""
+    replica = psutil.Process(pid)
+    return [replica, *replica.children(recursive=True)]
+
+
+def engine_processes(pid: int) -> list[psutil.Process]:
+    """Only the engine processes of a replica: stopping them freezes the engine, not the replica's event loop."""
+    return replica_tree(pid)[1:]
+
+
+class paused:
+    """SIGSTOP the processes (a stopped process takes no CPU) until `resume()` or the end of the `with` block."""
+
+    def __init__(self, processes: list[psutil.Process]):
+        self.processes = processes
+        for proc in processes:
+            proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> float:
+        """SIGCONT them (once); returns the wall-clock time they were released."""
+        for proc in self.processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGCONT)
+        self.processes = []
+        return time.time()
+
+    def __enter__(self) -> paused:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.resume()
+
+
+def kill_tree(pid: int, timeout_s: float = 60) -> list[int]:
+    """SIGKILL a replica and its engine processes, and return once every one of them is gone."""
+    processes = replica_tree(pid)
+    for proc in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    gone, alive = psutil.wait_procs(processes, timeout=timeout_s)
+    assert not alive, f"still alive after SIGKILL: {alive}"
+    return [p.pid for p in gone]

@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -93,8 +94,14 @@ def test_a_reload_while_serving_loses_no_request(pd_stack):
 
     after = pd_stack.stats()
     assert after["prefill"]["pid"] != before["prefill"]["pid"] and after["decode"]["pid"] != before["decode"]["pid"]
-    assert complete(pd_stack, "The capital of France is").json()["choices"][0]["text"] == answer_before
-    paths = {r.headers.get("x-pdserve-prefill-replica", "-").split("#")[-1] for r in steady}
+    # Served disaggregated again by the new replicas (the new decode replica's handle learns of the new prefill
+    # replica within a second or two), and identically.
+    deadline = time.monotonic() + 60
+    while (reply := complete(pd_stack, "The capital of France is")).headers["x-pdserve-path"] != "disaggregated":
+        assert time.monotonic() < deadline, reply.headers
+        time.sleep(1)
+    assert reply.json()["choices"][0]["text"] == answer_before
+    paths = Counter(r.headers["x-pdserve-path"] for r in steady)
     print(f"reload with every replica replaced in {reload_s:.0f} s: {len(streams)} streams in flight finished "
-          f"({STREAM_TOKENS} tokens each), {len(steady)}/{len(steady)} requests sent during the reload succeeded "
-          f"(prefill replicas seen: {len(paths)})")
+          f"({STREAM_TOKENS} tokens each), {len(steady)}/{len(steady)} requests sent during the reload succeeded, "
+          f"by path: {dict(paths)}; disaggregated again after it")

@@ -103,7 +103,7 @@ def test_unknown_fields_and_bad_quantities_are_rejected():
         ({"prefill__resources__resources": {}}, "prefill.resources.resources:"),
         ({"decode__resources__num_gpus": 0.5}, "decode.resources.num_gpus:"),
         ({"decode__replicas__max": 40}, "decode.replicas.max:"),
-        ({"kubernetes__prefill__cpu": "2"}, "kubernetes.prefill.cpu:"),
+        ({"kubernetes__prefill__cpu": "0.5"}, "kubernetes.prefill.cpu:"),
     ],
 )
 def test_render_checks_name_the_field(changes, field):

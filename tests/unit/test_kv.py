@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from serving.config import PDServeConfig
-from serving.kv import decode_request, kv_pull_deadline, kv_transfer_config, prefill_request, replica_env
+from serving.kv import kv_pull_deadline, kv_transfer_config, prefill_request, replica_env
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 50,
         "stream_options": {"include_usage": True}, "min_tokens": 10, "temperature": 0.3, "ignore_eos": True}
@@ -19,20 +19,6 @@ def test_prefill_leg_is_one_unstreamed_token_that_keeps_its_kv():
 
 def test_prefill_leg_caps_max_completion_tokens_too():
     assert prefill_request({**BODY, "max_completion_tokens": 40})["max_completion_tokens"] == 1
-
-
-def test_decode_leg_is_the_original_request_plus_the_returned_params():
-    params = {"do_remote_prefill": True, "remote_block_ids": [[1, 2]], "remote_engine_id": "e"}
-    leg = decode_request(BODY, params)
-    assert leg["kv_transfer_params"] == params
-    assert {k: v for k, v in leg.items() if k != "kv_transfer_params"} == BODY
-
-
-def test_decode_leg_never_carries_kv_params_the_client_sent():
-    forged = {**BODY, "kv_transfer_params": {"do_remote_prefill": True, "remote_host": "10.0.0.1"}}
-    assert "kv_transfer_params" not in decode_request(forged, None)  # the fallback path: decode recomputes
-    params = {"do_remote_prefill": True, "remote_engine_id": "e"}
-    assert decode_request(forged, params)["kv_transfer_params"] == params
 
 
 def test_kv_roles_and_cpu_connector_module():

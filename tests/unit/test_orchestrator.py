@@ -1,83 +1,182 @@
-"""The orchestrator's choices with pools faked at the handle boundary (what Serve's DeploymentHandle offers)."""
+"""The orchestrator's plan and its execution, with the local engine and the prefill pool faked at their boundaries
+(`LocalEngine.run`, and what Serve's DeploymentHandle offers)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from types import SimpleNamespace
 
 import pytest
 
 pytest.importorskip("ray")
 
 from serving.config import PDServeConfig  # noqa: E402
-from serving.orchestrator import DisaggregatedOrchestrator  # noqa: E402
-from serving.worker import LegReply  # noqa: E402
+from serving.orchestrator import (  # noqa: E402
+    NO_REPLICA,
+    ColocatedOrchestrator,
+    DisaggregatedOrchestrator,
+    plan_request,
+)
+from serving.protocol import LegReply, error_reply  # noqa: E402
+
+PARAMS = {"do_remote_prefill": True, "remote_engine_id": "p"}
 
 
-class FakeMethod:
-    def __init__(self, pool, name):
-        self.pool, self.name = pool, name
+class FakePrefill:
+    """`handle.complete.remote(...)` as Serve's handle offers it: an awaitable reply."""
 
-    def remote(self, *args):
-        self.pool.calls.append((self.name, args))
+    def __init__(self, reply=None, delay_s: float = 0.0):
+        self.calls: list[tuple] = []
+        self.reply = reply or LegReply(200, {"kv_transfer_params": PARAMS}, "P#1", kv_deadline=123.0)
+        self.delay_s = delay_s
+        self.complete = SimpleNamespace(remote=self._remote)
+
+    def _remote(self, endpoint, body):
+        self.calls.append((endpoint, body))
 
         async def reply():
-            return "replica" if self.name == "ping" else self.pool.reply(*args)
+            await asyncio.sleep(self.delay_s)
+            return self.reply
 
         return reply()
 
 
-class FakePool:
-    def __init__(self, reply):
-        self.reply, self.calls = reply, []
-        self.complete = FakeMethod(self, "complete")
-        self.ping = FakeMethod(self, "ping")
+class FakeEngine:
+    replica = "D#1"
+
+    def __init__(self, chunks=None):
+        self.runs: list[dict] = []
+        self.chunks = chunks
+
+    async def run(self, endpoint, request, *, kv_transfer_params=None, kv_deadline=None, include_usage=False,
+                  raw_request=None):
+        self.runs.append({"params": kv_transfer_params, "deadline": kv_deadline, "usage": include_usage})
+        if self.chunks is not None:
+            return LegReply(200, None, self.replica), self.chunks()
+        return LegReply(200, {"ok": True}, self.replica), None
 
 
-def prefill_ok(endpoint, body, kv_deadline=None):
-    return LegReply(200, {"kv_transfer_params": {"do_remote_prefill": True, "remote_engine_id": "p"}}, "P#1")
-
-
-def decode_ok(endpoint, body, kv_deadline=None):
-    return LegReply(200, {"got_params": body.get("kv_transfer_params"), "kv_deadline": kv_deadline}, "D#1")
-
-
-def run(orchestrator, body):
-    return asyncio.run(orchestrator("completions", body))
+def request(**fields):
+    return SimpleNamespace(**{"stream": False, "stream_options": None, "n": 1, **fields})
 
 
 BODY = {"model": "m", "prompt": "hi", "max_tokens": 4, "request_id": "r1"}
 
 
-def make(running: dict[str, int], **overrides):
+def make(running: int | None = None, prefill=None, engine=None, **overrides):
     config = PDServeConfig().with_overrides(**overrides) if overrides else PDServeConfig()
-    pools = {"prefill": FakePool(prefill_ok), "decode": FakePool(decode_ok)}
-    return DisaggregatedOrchestrator(pools, config, running=running.get), pools
+    prefill, engine = prefill or FakePrefill(), engine or FakeEngine()
+    return DisaggregatedOrchestrator(engine, prefill, config, running=lambda role: running), prefill, engine
 
 
-def test_disaggregated_path_hands_decode_the_prefill_params_and_a_pull_deadline():
-    orchestrator, pools = make({"prefill": 1, "decode": 1})
-    outcome = run(orchestrator, BODY)
-    assert outcome.path == "disaggregated" and outcome.reply.status == 200
-    assert outcome.reply.body["got_params"]["remote_engine_id"] == "p"
-    assert outcome.reply.body["kv_deadline"] is not None
-    assert [c[0] for c in pools["prefill"].calls] == ["complete"]
+def run(orchestrator, req=None):
+    return asyncio.run(orchestrator("completions", req or request(), BODY))
+
+
+def test_disaggregated_path_hands_decode_the_prefill_params_and_its_pull_deadline():
+    orchestrator, prefill, engine = make(running=1)
+    outcome = run(orchestrator)
+    assert outcome.plan.path == "disaggregated" and outcome.reply.status == 200
+    ((endpoint, leg),) = prefill.calls
+    assert leg["max_tokens"] == 1 and leg["stream"] is False and leg["kv_transfer_params"]["do_remote_decode"]
+    assert engine.runs == [{"params": PARAMS, "deadline": 123.0, "usage": False}]
+    assert outcome.replicas == {"prefill": "P#1", "decode": "D#1"}
+    assert "prefill" in outcome.stages
 
 
 def test_a_prefill_pool_with_no_running_replica_is_skipped():
-    orchestrator, pools = make({"prefill": 0, "decode": 1})
-    outcome = run(orchestrator, BODY)
-    assert outcome.path == "fallback" and outcome.reply.status == 200
-    assert pools["prefill"].calls == []  # no wait for a replica that is still starting
-    assert outcome.reply.body == {"got_params": None, "kv_deadline": None}
-    assert outcome.replicas == {"prefill": "router", "decode": "D#1"}
+    orchestrator, prefill, engine = make(running=0)
+    outcome = run(orchestrator)
+    assert outcome.plan.path == "decode_only" and "no running replica" in outcome.plan.reason
+    assert prefill.calls == []  # no wait for a replica that is still starting
+    assert engine.runs == [{"params": None, "deadline": None, "usage": False}]
+    assert outcome.replicas == {"prefill": NO_REPLICA, "decode": "D#1"}
 
 
 @pytest.mark.parametrize("running,overrides", [
-    ({}, {}),  # not known yet: try prefill
-    ({"prefill": 0}, {"router.fallback_to_decode": False}),  # fallback disabled: wait for prefill
-    ({"prefill": 0}, {"prefill.replicas.min": 0, "prefill.replicas.max": 2}),  # at zero on purpose: wake it
+    (None, {}),  # not known yet: try prefill
+    (0, {"router.fallback_to_decode": False}),  # fallback disabled: wait for prefill
+    (0, {"prefill.replicas.min": 0, "prefill.replicas.max": 2}),  # at zero on purpose: wake it
 ])
 def test_prefill_is_tried_when_it_is_not_known_to_be_down(running, overrides):
-    orchestrator, pools = make(running, **overrides)
-    run(orchestrator, BODY)
-    assert [c[0] for c in pools["prefill"].calls if c[0] == "complete"] == ["complete"]
+    assert plan_request(running, PDServeConfig().with_overrides(**overrides)).path == "disaggregated"
+    orchestrator, prefill, _ = make(running, **overrides)
+    run(orchestrator)
+    assert len(prefill.calls) == 1
+
+
+def test_a_failed_prefill_is_served_by_decode_alone_with_the_reason():
+    failed = error_reply("P#1", "engine died", 500, "InternalServerError", None)
+    orchestrator, _, engine = make(running=1, prefill=FakePrefill(failed))
+    outcome = run(orchestrator)
+    assert outcome.plan.path == "decode_only" and outcome.plan.reason == "prefill failed with 500"
+    assert outcome.reply.status == 200 and engine.runs[0]["params"] is None
+
+
+def test_a_prefill_that_times_out_is_served_by_decode_alone():
+    orchestrator, _, engine = make(1, FakePrefill(delay_s=0.5), **{"router.prefill_timeout_s": 0.05})
+    outcome = run(orchestrator)
+    assert outcome.plan.reason == "prefill failed with 504" and outcome.reply.status == 200
+
+
+def test_a_client_error_from_prefill_is_the_answer_and_decode_never_runs():
+    bad = error_reply("P#1", "prompt too long", 400, "BadRequestError", "prompt")
+    orchestrator, _, engine = make(running=1, prefill=FakePrefill(bad))
+    outcome = run(orchestrator)
+    assert outcome.reply.status == 400 and engine.runs == []
+
+
+def test_without_fallback_a_failed_prefill_fails_the_request():
+    failed = error_reply("P#1", "engine died", 503, "ServiceUnavailableError", None)
+    orchestrator, _, engine = make(1, FakePrefill(failed), **{"router.fallback_to_decode": False})
+    assert run(orchestrator).reply.status == 503 and engine.runs == []
+
+
+def test_n_above_one_is_refused_before_any_leg_runs():
+    orchestrator, prefill, engine = make(running=1)
+    outcome = run(orchestrator, request(n=2))
+    assert outcome.reply.status == 400 and outcome.reply.body["error"]["param"] == "n"
+    assert prefill.calls == [] and engine.runs == []
+
+
+def test_a_stream_asks_the_engine_for_usage_and_says_whether_the_client_did():
+    orchestrator, _, engine = make(running=1, engine=FakeEngine(chunks=lambda: _chunks(["data: {}\n\n"])))
+    outcome = run(orchestrator, request(stream=True))
+    assert engine.runs[0]["usage"] is True and outcome.dropped_usage is True
+    asked = request(stream=True, stream_options=SimpleNamespace(include_usage=True))
+    outcome = run(orchestrator, asked)
+    assert outcome.dropped_usage is False
+
+
+async def _chunks(items, delay_s: float = 0.0, then_raise: Exception | None = None):
+    for item in items:
+        await asyncio.sleep(delay_s)
+        yield item
+    if then_raise is not None:
+        raise then_raise
+
+
+def drain(outcome) -> list[str]:
+    async def collect():
+        return [chunk async for chunk in outcome.stream]
+
+    return asyncio.run(collect())
+
+
+def test_a_stream_that_breaks_mid_way_ends_with_an_error_event_and_done():
+    chunks = lambda: _chunks(["data: {\"a\": 1}\n\n"], then_raise=RuntimeError("engine died"))  # noqa: E731
+    config = PDServeConfig().with_overrides(mode="colocated")
+    outcome = asyncio.run(ColocatedOrchestrator(FakeEngine(chunks), config)("chat", request(stream=True), BODY))
+    lines = drain(outcome)
+    assert lines[0] == "data: {\"a\": 1}\n\n" and lines[-1] == "data: [DONE]\n\n"
+    error = json.loads(lines[-2][6:])["error"]
+    assert error["code"] == 500 and "colocated failed mid-stream: RuntimeError" == error["message"]
+
+
+def test_a_stream_with_no_first_chunk_in_time_ends_with_a_504_event():
+    chunks = lambda: _chunks(["data: {}\n\n"], delay_s=1.0)  # noqa: E731
+    config = PDServeConfig().with_overrides(mode="colocated", **{"router.decode_first_token_timeout_s": 0.05})
+    outcome = asyncio.run(ColocatedOrchestrator(FakeEngine(chunks), config)("chat", request(stream=True), BODY))
+    lines = drain(outcome)
+    assert json.loads(lines[0][6:])["error"]["code"] == 504 and lines[-1] == "data: [DONE]\n\n"

@@ -1,0 +1,225 @@
+"""`pdserve bench`: start the servers, run every workload against each of them in turn, repeat, print medians.
+
+Servers are interleaved (a different order each repeat) and every server not being measured is held still, so
+machine noise falls on all of them alike. The table gives each figure and its ratio to bare vLLM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from serving.bench import servers as servers_lib
+from serving.bench.workloads import REPO_ROOT, Client, Workload, workloads
+
+ENGINES = {"stand-in": "builtin:stand-in", "builtin": "builtin:smollm2-135m-instruct"}
+SERVED_NAME = "bench-model"
+FIGURES = [  # (key in vLLM's result, column, ratio to bare: higher is worse?)
+    ("median_ttft_ms", "TTFT p50 ms", True),
+    ("p99_ttft_ms", "TTFT p99 ms", True),
+    ("median_tpot_ms", "TPOT p50 ms", True),
+    ("median_itl_ms", "ITL p50 ms", True),
+    ("p99_itl_ms", "ITL p99 ms", True),
+    ("output_throughput", "out tok/s", False),
+    ("request_goodput", "goodput req/s", False),
+]
+
+
+def run_client(url: str, client: Client, tokenizer: str) -> dict[str, Any]:
+    """One run of vLLM's benchmark client; returns its result dict."""
+    from vllm.benchmarks.serve import add_cli_args, main
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    add_cli_args(parser)
+    args = parser.parse_args([
+        "--backend", "openai", "--endpoint", "/v1/completions", "--base-url", url, "--model", SERVED_NAME,
+        "--tokenizer", tokenizer, "--ignore-eos", "--disable-tqdm", "--temperature", "0",
+        "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
+        "--ready-check-timeout-sec", "0", *client.argv])
+    return main(args)
+
+
+def run_workload(url: str, workload: Workload, tokenizer: str) -> dict[str, Any]:
+    """All clients of a workload at once; the first one's result."""
+    results: list[dict[str, Any] | BaseException] = [{} for _ in workload.clients]
+
+    def one(i: int, client: Client) -> None:
+        try:
+            results[i] = run_client(url, client, tokenizer)
+        except BaseException as exc:  # reported in the table, the run goes on
+            results[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i, c)) for i, c in enumerate(workload.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if isinstance(results[0], BaseException):
+        raise results[0]
+    return results[0]
+
+
+def engine_counters(server: servers_lib.Server) -> dict[str, float] | None:
+    """Prefix-cache lookups and hits of the engines that compute prompts, and KV transfer totals (pdserve)."""
+    try:
+        if server.name == "bare":
+            text = httpx.get(f"{server.url}/metrics", timeout=30).text
+            return {"queries": _sum(text, "vllm:prefix_cache_queries_total"),
+                    "hits": _sum(text, "vllm:prefix_cache_hits_total")}
+        if server.name in ("pd", "colocated"):
+            stats = httpx.get(f"{server.url}/pdserve/stats", timeout=30).json()
+            computing = stats.get("prefill") or stats.get("colocated")
+            decode = stats.get("decode", {})
+            return {"queries": computing["prefix_cache_queries"], "hits": computing["prefix_cache_hits"],
+                    "kv_transfers": decode.get("kv_transfers", 0), "kv_seconds": decode.get("kv_transfer_seconds", 0)}
+    except (httpx.HTTPError, KeyError, TypeError):
+        return None
+    return None
+
+
+def _sum(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
+
+
+def measure(server: servers_lib.Server, workload: Workload, tokenizer: str) -> dict[str, Any]:
+    before = engine_counters(server)
+    try:
+        result = run_workload(server.url, workload, tokenizer)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    after = engine_counters(server)
+    row = {key: result.get(key) for key, _, _ in FIGURES}
+    row["completed"], row["failed"] = result.get("completed"), result.get("failed")
+    if before and after:
+        queries = after["queries"] - before["queries"]
+        row["prefix_hit_rate"] = (after["hits"] - before["hits"]) / queries if queries else None
+        transfers = after.get("kv_transfers", 0) - before.get("kv_transfers", 0)
+        if transfers:
+            row["kv_transfer_ms"] = (after["kv_seconds"] - before["kv_seconds"]) / transfers * 1e3
+    return row
+
+
+def median_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [r for r in rows if "error" not in r]
+    if not good:
+        return {"error": rows[0]["error"] if rows else "not run"}
+    keys = {k for r in good for k, v in r.items() if isinstance(v, (int, float))}
+    out = {k: statistics.median(r[k] for r in good if isinstance(r.get(k), (int, float))) for k in keys}
+    out["repeats"] = len(good)
+    return out
+
+
+def table(results: dict[str, dict[str, dict[str, Any]]], workloads_run: dict[str, Workload]) -> str:
+    lines = []
+    for name, per_server in results.items():
+        lines += [f"### {name}: {workloads_run[name].what}", ""]
+        header = ["server", *(col for _, col, _ in FIGURES), "prefix hit", "KV pull ms"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        base = per_server.get("bare", {})
+        for server, row in per_server.items():
+            if "error" in row:
+                lines.append(f"| {server} | {row['error']} |" + " |" * (len(header) - 2))
+                continue
+            cells = [server]
+            for key, _, _ in FIGURES:
+                value, ref = row.get(key), base.get(key)
+                if value is None:
+                    cells.append("-")
+                    continue
+                ratio = f" ({value / ref:.2f}x)" if server != "bare" and ref else ""
+                cells.append(f"{value:.1f}{ratio}" if value >= 10 else f"{value:.2f}{ratio}")
+            hit = row.get("prefix_hit_rate")
+            cells.append("-" if hit is None else f"{hit:.0%}")
+            kv = row.get("kv_transfer_ms")
+            cells.append("-" if kv is None else f"{kv:.1f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("bench", help="side-by-side benchmark: bare vLLM, Ray Serve LLM P/D, pdserve",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", choices=sorted(ENGINES), default="stand-in",
+                        help="stand-in: random-weight model at GPU-like step times; builtin: SmolLM2 at CPU speed")
+    parser.add_argument("--servers", default=",".join(servers_lib.KINDS),
+                        help=f"comma-separated, of {', '.join(servers_lib.KINDS)}")
+    parser.add_argument("--workloads", default="", help="comma-separated names (default: all for the engine)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--target", action="append", default=[],
+                        help="name=url of a running server to measure instead of starting one (repeatable)")
+    parser.add_argument("--out", default="bench-results", help="folder for results.json and table.md")
+    parser.set_defaults(func=bench_command)
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    from serving.model import resolve_model
+
+    model_dir = resolve_model(ENGINES[args.engine])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="pdserve-bench-"))
+    shared = REPO_ROOT.parent / "shared" / "traces"
+    available = workloads(args.engine, work, shared if shared.exists() else None)
+    chosen = [w for w in args.workloads.split(",") if w] or list(available)
+    unknown = [w for w in chosen if w not in available]
+    if unknown:
+        print(f"pdserve bench: unknown workloads {unknown} (have {sorted(available)}; trace workloads need "
+              f"../shared/traces)", file=sys.stderr)
+        return 2
+    run_these = {w: available[w] for w in chosen}
+    targets = dict(t.split("=", 1) for t in args.target)
+    running: list[servers_lib.Server] = []
+    try:
+        if targets:
+            running = [servers_lib.Server(name, url) for name, url in targets.items()]
+        else:
+            for kind in [k for k in args.servers.split(",") if k]:
+                print(f"pdserve bench: starting {kind} ...", flush=True)
+                server = servers_lib.start(kind, model_dir, SERVED_NAME, args.dtype, out)
+                running.append(server)
+                servers_lib.wait_ready(server, SERVED_NAME)
+                server.pause()
+        results = run_all(running, run_these, model_dir, args.repeats)
+    finally:
+        for server in running:
+            server.stop()
+    report = table(results, run_these)
+    header = (f"engine {args.engine} ({ENGINES[args.engine]}, {args.dtype}), {args.repeats} repeats, medians; "
+              f"servers interleaved, the others held still (SIGSTOP) while one is measured")
+    (out / "table.md").write_text(header + "\n\n" + report)
+    (out / "results.json").write_text(json.dumps({"engine": args.engine, "repeats": args.repeats,
+                                                   "workloads": {k: w.what for k, w in run_these.items()},
+                                                   "results": results}, indent=2))
+    print(header + "\n\n" + report)
+    return 0
+
+
+def run_all(running: list[servers_lib.Server], run_these: dict[str, Workload], tokenizer: str,
+            repeats: int) -> dict[str, dict[str, dict[str, Any]]]:
+    rows: dict[str, dict[str, list[dict[str, Any]]]] = {w: {s.name: [] for s in running} for w in run_these}
+    for repeat in range(repeats):
+        for name, workload in run_these.items():
+            shift = repeat % len(running)
+            for server in running[shift:] + running[:shift]:
+                server.resume()
+                time.sleep(2)  # let timers that fired while it was held still settle
+                row = measure(server, workload, tokenizer)
+                server.pause()
+                rows[name][server.name].append(row)
+                print(f"pdserve bench: repeat {repeat + 1}/{repeats} {name} {server.name}: "
+                      f"{json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})}",
+                      flush=True)
+    return {w: {s: median_rows(r) for s, r in per.items()} for w, per in rows.items()}

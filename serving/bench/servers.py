@@ -1,0 +1,119 @@
+"""The servers a benchmark compares, started on this machine from one model folder, each in its own process group.
+
+- `bare`: `vllm serve` itself (`python -m vllm.entrypoints.openai.api_server`): the floor.
+- `rayllm`: Ray Serve LLM's prefill/decode app (`ray.serve.llm.build_pd_openai_app`), see `serving.bench.rayllm`.
+- `colocated`, `pd`: `pdserve up` in either mode.
+
+A server not being measured is held still with SIGSTOP (all its processes: a stopped process takes no CPU and
+its timers do not run), so that idle stacks do not steal the cores the measured one runs on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from serving.kv import free_port
+
+KINDS = ("bare", "rayllm", "colocated", "pd")
+READY_TIMEOUT_S = 900
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+    processes: list[psutil.Process] = field(default_factory=list)
+
+    def pause(self) -> None:
+        self.processes = self._tree()
+        for proc in self.processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for proc in self.processes or self._tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGCONT)
+        self.processes = []
+
+    def _tree(self) -> list[psutil.Process]:
+        if self.proc is None:  # a server someone else runs (`--target`): not ours to stop
+            return []
+        root = psutil.Process(self.proc.pid)
+        return [root, *root.children(recursive=True)]
+
+    def stop(self, timeout_s: float = 180) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.resume()
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+
+def command(kind: str, model_dir: str, served_name: str, port: int, dtype: str) -> list[str]:
+    if kind == "bare":
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+                "--served-model-name", served_name, "--port", str(port), "--host", "127.0.0.1", "--dtype", dtype,
+                "--max-model-len", "2048", "--enforce-eager", "--disable-uvicorn-access-log"]
+    if kind == "rayllm":
+        return [sys.executable, "-m", "serving.bench.rayllm", "--model", model_dir, "--served-name", served_name,
+                "--port", str(port), "--dtype", dtype]
+    mode = "colocated" if kind == "colocated" else "disaggregated"
+    return [sys.executable, "-m", "serving.cli", "up", "--model", model_dir, "--mode", mode, "--port", str(port),
+            "--metrics-port", str(free_port()), "--config", str(_pdserve_config(served_name, dtype))]
+
+
+def _pdserve_config(served_name: str, dtype: str) -> Path:
+    import tempfile
+
+    import yaml
+
+    path = Path(tempfile.mkdtemp(prefix="pdserve-bench-")) / "config.yaml"
+    path.write_text(yaml.safe_dump({"model": {"served_name": served_name, "dtype": dtype}}))
+    return path
+
+
+def start(kind: str, model_dir: str, served_name: str, dtype: str, log_dir: Path) -> Server:
+    """Start one server; returns at once (see `wait_ready`)."""
+    port = free_port()
+    log_path = log_dir / f"{kind}.log"
+    # Each of them binds the model like `vllm serve` does unless told otherwise; the KV cache is 1 GiB for all.
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command(kind, model_dir, served_name, port, dtype), stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return Server(kind, f"http://127.0.0.1:{port}", proc, log_path)
+
+
+def wait_ready(server: Server, served_name: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Until a one-token completion succeeds (every server kind answers it the same way)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.proc is not None and server.proc.poll() is not None:
+            tail = server.log_path.read_text(errors="replace")[-3000:] if server.log_path else ""
+            raise RuntimeError(f"{server.name} exited with {server.proc.returncode}:\n{tail}")
+        try:
+            reply = httpx.post(f"{server.url}/v1/completions", timeout=30,
+                               json={"model": served_name, "prompt": "hi", "max_tokens": 1})
+            if reply.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(3)
+    raise TimeoutError(f"{server.name}: not ready after {timeout_s:.0f} s")

@@ -1,0 +1,67 @@
+"""`pdserve bench`'s pure parts: workloads as vLLM benchmark-client arguments, trace conversion, medians, table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from serving.bench.run import FIGURES, median_rows, table
+from serving.bench.servers import command
+from serving.bench.workloads import workloads
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "traces"
+
+
+def test_every_engine_has_the_issue_workloads_and_stand_in_adds_c32(tmp_path):
+    stand_in = workloads("stand-in", tmp_path, None)
+    builtin = workloads("builtin", tmp_path, None)
+    assert {"c1", "c16", "c32", "mixed"} <= set(stand_in) and "c32" not in builtin
+    c1 = dict(zip(stand_in["c1"].clients[0].argv[::2], stand_in["c1"].clients[0].argv[1::2]))
+    assert c1["--max-concurrency"] == "1" and c1["--random-range-ratio"] == "0"  # fixed lengths
+    assert (c1["--random-input-len"], c1["--random-output-len"]) == ("200", "64")
+    assert len(stand_in["mixed"].clients) == 2  # streams and long prompts, at once
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="the shared traces (../shared/traces) are not beside this checkout")
+def test_trace_workloads_become_vllm_timed_traces_and_keep_mooncake_prefixes(tmp_path):
+    found = workloads("stand-in", tmp_path, SHARED)
+    rows = [json.loads(line) for line in (tmp_path / "mooncake.jsonl").read_text().splitlines()]
+    assert {"timestamp", "input_length", "output_length", "hash_ids"} <= set(rows[0])
+    assert rows[0]["hash_ids"][0] == rows[1]["hash_ids"][0]  # the trace's shared first block survives scaling
+    assert all(a["timestamp"] <= b["timestamp"] for a, b in zip(rows, rows[1:]))
+    azure = [json.loads(line) for line in (tmp_path / "azure.jsonl").read_text().splitlines()]
+    ids = [i for row in azure for i in row["hash_ids"]]
+    assert len(ids) == len(set(ids))  # no shared prefixes where the trace has none
+    assert "--goodput" in found["azure"].clients[0].argv and found["prefix"].reports_hit_rate
+
+
+def test_medians_skip_failed_repeats_and_keep_the_error_when_all_failed():
+    rows = [{"median_ttft_ms": 10.0}, {"median_ttft_ms": 30.0}, {"error": "boom"}, {"median_ttft_ms": 20.0}]
+    assert median_rows(rows) == {"median_ttft_ms": 20.0, "repeats": 3}
+    assert median_rows([{"error": "boom"}]) == {"error": "boom"}
+
+
+def test_table_gives_each_figure_and_its_ratio_to_bare():
+    from serving.bench.workloads import Workload
+
+    results = {"c1": {"bare": {"median_ttft_ms": 10.0, "output_throughput": 100.0},
+                      "pd": {"median_ttft_ms": 30.0, "output_throughput": 90.0, "kv_transfer_ms": 5.0},
+                      "rayllm": {"error": "RuntimeError: no"}}}
+    text = table(results, {"c1": Workload("c1", "concurrency 1", ())})
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("| server"))
+    assert header.count("|") == len(FIGURES) + 4
+    pd = next(line for line in lines if line.startswith("| pd"))
+    assert "30.0 (3.00x)" in pd and "90.0 (0.90x)" in pd and "| 5.0 |" in pd
+    assert "RuntimeError: no" in next(line for line in lines if line.startswith("| rayllm"))
+
+
+def test_servers_start_as_their_users_would_start_them():
+    bare = command("bare", "/m", "name", 9000, "bfloat16")
+    assert bare[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and "--enforce-eager" in bare
+    pd = command("pd", "/m", "name", 9001, "bfloat16")
+    assert pd[1:4] == ["-m", "serving.cli", "up"] and pd[pd.index("--mode") + 1] == "disaggregated"
+    assert command("colocated", "/m", "name", 9002, "bfloat16")[pd.index("--mode") + 1] == "colocated"
+    assert command("rayllm", "/m", "name", 9003, "bfloat16")[1:3] == ["-m", "serving.bench.rayllm"]
