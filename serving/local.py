@@ -70,6 +70,41 @@ def wait_healthy(base_url: str, timeout_s: float = 1800) -> None:
     raise TimeoutError(f"pdserve: {base_url}/health not OK after {timeout_s:.0f}s")
 
 
+REPLICA_REPORT_INTERVAL_S = 2.0
+
+
+def replica_line(states: dict[str, dict[str, int]]) -> str:
+    """`pdserve: replicas prefill=1 decode=0 (STARTING 1)`: running replicas per pool, then any others by state."""
+    parts = []
+    for role, by_state in states.items():
+        others = ", ".join(f"{state} {n}" for state, n in sorted(by_state.items()) if state != "RUNNING" and n)
+        parts.append(f"{role}={by_state.get('RUNNING', 0)}" + (f" ({others})" if others else ""))
+    return "pdserve: replicas " + " ".join(parts)
+
+
+def report_replicas(app_name: str, stop: threading.Event) -> None:
+    """Print a line whenever a pool's replicas change (scaling, replacement), so that `pdserve up`'s output shows
+    what the autoscaler does. Asks Serve's controller from this process, never from the request path."""
+    from ray import serve
+
+    from serving.app import DEPLOYMENT_NAMES
+
+    last = None
+    while not stop.wait(REPLICA_REPORT_INTERVAL_S):
+        try:
+            app = serve.status().applications.get(app_name)
+        except Exception:  # the controller is busy or restarting: try again next time
+            continue
+        if app is None:
+            continue
+        states = {role: dict(app.deployments[name].replica_states) for role, name in DEPLOYMENT_NAMES.items()
+                  if name in app.deployments}
+        line = replica_line(states)
+        if line != last:
+            print(line, flush=True)
+            last = line
+
+
 def reload_refusal(running: PDServeConfig, node: tuple[int, dict[str, float]], new: PDServeConfig) -> str | None:
     """Why `new` cannot replace `running` on this Ray node without a restart, or None when it can."""
     for field in ("host", "port", "metrics_port", "direct_ingress"):
@@ -165,6 +200,7 @@ def run_local(config: PDServeConfig, load: Callable[[], PDServeConfig] | None = 
         print(f"pdserve: health   {base}/health", flush=True)
         print(f"pdserve: metrics http://127.0.0.1:{config.router.metrics_port}/metrics", flush=True)
         print("pdserve: ready; Ctrl-C stops" + ("; SIGHUP reloads the config" if load else ""), flush=True)
+        threading.Thread(target=report_replicas, args=(APP_NAME, stop), daemon=True).start()
         while not stop.is_set():
             wake.wait()
             wake.clear()

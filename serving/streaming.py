@@ -1,7 +1,10 @@
-"""Forwards a decode replica's SSE lines to the client untouched, timing them on the way.
+"""Forwards the engine's SSE lines to the client untouched, timing them on the way.
 
-The decode leg always asks vLLM for a usage chunk (exact token counts for TPOT); when the client did not ask
-for one, that chunk is dropped here, so the client sees exactly what `vllm serve` would have sent it.
+The figures follow the definitions of docs/metrics.md, the ones vLLM's benchmark client and `loadtest/` use:
+TTFT from the request's arrival to the first chunk that carries text, TPOT = (end - first token) / (tokens - 1),
+ITL = every gap between two chunks that carry text. The engine is always asked for a usage chunk (exact token
+counts for TPOT); when the client did not ask for one, that chunk is dropped here, so the client sees exactly
+what `vllm serve` would have sent it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ class StreamTiming:
     start: float
     first_token: float | None = None
     last_token: float | None = None
+    end: float | None = None
     gaps: list[float] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -28,10 +32,10 @@ class StreamTiming:
 
     @property
     def tpot(self) -> float | None:
-        if self.first_token is None or self.last_token is None:
+        if self.first_token is None or self.end is None:
             return None
         tokens = self.completion_tokens or self.chunks_with_text
-        return (self.last_token - self.first_token) / (tokens - 1) if tokens > 1 else None
+        return (self.end - self.first_token) / (tokens - 1) if tokens > 1 else None
 
 
 def parse_sse_data(line: str) -> dict | None:
@@ -81,4 +85,5 @@ async def metered(chunks: AsyncIterator[str], timing: StreamTiming, *, drop_usag
             yield chunk
         completed = True
     finally:
+        timing.end = time.perf_counter()
         on_done(timing, completed)

@@ -127,6 +127,21 @@ def scrape(stack) -> dict[str, list[tuple[str, float]]]:
     return samples
 
 
+def settled(stack) -> dict:
+    """A scrape taken once the ingress's counters have not moved for a while: Ray exports every few seconds,
+    so two equal scrapes close together can both predate the last requests' export."""
+    history: list[tuple[float, float]] = []
+    for _ in range(40):
+        samples = scrape(stack)
+        history.append((total(samples, "ray_pdserve_generation_tokens_total"),
+                        total(samples, "ray_pdserve_requests_total")))
+        if len(history) >= 4 and len(set(history[-4:])) == 1:
+            return samples
+        time.sleep(5)
+    return samples
+
+
+
 def total(samples, name: str, **labels: str) -> float:
     return sum(v for lab, v in samples.get(name, []) if all(f'{k}="{val}"' in lab for k, val in labels.items()))
 

@@ -37,3 +37,11 @@ def test_replicas_drain_for_the_configured_time():
     app = deploy_config(config).applications[0]
     assert app.args["router"]["drain_timeout_s"] == 42
     assert replica_options(config.decode, config.autoscaling, 42)["graceful_shutdown_timeout_s"] == 42
+
+
+def test_replica_line_names_running_replicas_per_pool_and_any_in_other_states():
+    from serving.local import replica_line
+
+    assert replica_line({"prefill": {}, "decode": {"RUNNING": 1}}) == "pdserve: replicas prefill=0 decode=1"
+    line = replica_line({"prefill": {"RUNNING": 1, "STARTING": 1}, "decode": {"STOPPING": 1, "RUNNING": 0}})
+    assert line == "pdserve: replicas prefill=1 (STARTING 1) decode=0 (STOPPING 1)"
