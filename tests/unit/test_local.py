@@ -13,7 +13,7 @@ NODE = cluster_resources(RUNNING)
 def test_node_has_room_for_every_pool_at_its_max():
     cpus, custom = cluster_resources(RUNNING)
     assert custom == {"pdserve_prefill": 1.0, "pdserve_decode": 1.0}
-    assert cpus >= RUNNING.prefill.resources.num_cpus + RUNNING.decode.resources.num_cpus + RUNNING.router.num_cpus
+    assert cpus >= RUNNING.prefill.resources.num_cpus + RUNNING.decode.resources.num_cpus + 1  # + Serve's actors
 
 
 def test_engine_and_pool_changes_reload_in_place():
@@ -45,3 +45,9 @@ def test_replica_line_names_running_replicas_per_pool_and_any_in_other_states():
     assert replica_line({"prefill": {}, "decode": {"RUNNING": 1}}) == "pdserve: replicas prefill=0 decode=1"
     line = replica_line({"prefill": {"RUNNING": 1, "STARTING": 1}, "decode": {"STOPPING": 1, "RUNNING": 0}})
     assert line == "pdserve: replicas prefill=1 (STARTING 1) decode=0 (STOPPING 1)"
+
+
+def test_the_ingress_mode_cannot_change_while_the_node_runs():
+    # HAProxy (direct ingress) or Serve's proxy is chosen when Ray starts (serving.ray_env).
+    refusal = reload_refusal(RUNNING, NODE, RUNNING.with_overrides(**{"router.direct_ingress": False}))
+    assert "router.direct_ingress" in refusal
