@@ -100,6 +100,25 @@ class PoolConfig(StrictModel):
         return self
 
 
+class LocalConfig(StrictModel):
+    """How `pdserve up` uses this machine (the RayService ignores it: there each pool has pods of its own)."""
+
+    stack_cores: str = "auto"
+    """Cores for everything but the engines' model threads (Ray, Serve, the ingress' HTTP side, the engines'
+    scheduler processes), as a list like `0` or `2-3`. `auto`: the cores no pool binds its model to; where the
+    pools bind every core (2 cores), the prefill pool's: its work comes in bursts, decode's steadily, token by
+    token. `all`: no pinning."""
+
+
+def cpu_list(text: str) -> set[int]:
+    """`0-2,4` -> {0, 1, 2, 4}."""
+    cores: set[int] = set()
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        cores.update(range(int(first), int(last or first) + 1))
+    return cores
+
+
 class KVTransferConfig(StrictModel):
     connector: Literal["NixlConnector"] = "NixlConnector"
     buffer_device: Device = "cpu"
@@ -211,6 +230,7 @@ class PDServeConfig(StrictModel):
     # process and the HTTP side (binding every core would make them compete with the model's threads).
     colocated: PoolConfig = Field(default_factory=lambda: PoolConfig(cpu=CPUConfig(threads_bind="auto")))
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+    local: LocalConfig = Field(default_factory=LocalConfig)
     kubernetes: KubernetesConfig | None = None
     """Where this profile runs on Kubernetes (`pdserve render`); `pdserve up` and the app ignore it."""
 
@@ -238,6 +258,20 @@ class PDServeConfig(StrictModel):
             if shared:
                 raise ValueError(f"prefill and decode request the same custom resources {sorted(shared)}")
         return self
+
+    def stack_cores(self, available: set[int]) -> set[int]:
+        """The cores `local.stack_cores` names on a machine with these `available` cores."""
+        if self.local.stack_cores == "all":
+            return set(available)
+        if self.local.stack_cores != "auto":
+            return cpu_list(self.local.stack_cores) & available or set(available)
+        binds = {role: self.pool(role).cpu.threads_bind for role in self.active_roles()}
+        if any(bind in ("auto", "nobind") for bind in binds.values()):
+            return set(available)  # vLLM picks the model's cores itself and leaves the rest free
+        free = available - set().union(*(cpu_list(bind) for bind in binds.values()))
+        if free:
+            return free
+        return cpu_list(binds["prefill"]) & available if "prefill" in binds else set(available)
 
     def autoscaled_roles(self) -> tuple[Role, ...]:
         return tuple(r for r in self.active_roles() if self.pool(r).replicas.min < self.pool(r).replicas.max)

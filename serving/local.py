@@ -39,7 +39,27 @@ def deploy_config(config: PDServeConfig):
     })
 
 
-def wait_running(app_name: str, timeout_s: float = 1800, cancel: threading.Event | None = None) -> None:
+class Signals:
+    """What SIGINT/SIGTERM (stop) and SIGHUP (reload) asked for. The handler only assigns attributes: a handler
+    that takes a lock (`threading.Event.set`) deadlocks when a second signal arrives while the first one holds it
+    (a double Ctrl-C)."""
+
+    def __init__(self):
+        self.stop = False
+        self.reload = False
+
+    def on_signal(self, signum, _frame) -> None:
+        if signum == signal.SIGHUP:
+            self.reload = True
+        else:
+            self.stop = True
+
+    def is_set(self) -> bool:
+        """`cancel` for the waits below."""
+        return self.stop
+
+
+def wait_running(app_name: str, timeout_s: float = 1800, cancel: Signals | None = None) -> None:
     from ray import serve
 
     deadline = time.monotonic() + timeout_s
@@ -55,11 +75,11 @@ def wait_running(app_name: str, timeout_s: float = 1800, cancel: threading.Event
     raise TimeoutError(f"pdserve: application not running after {timeout_s:.0f}s")
 
 
-def wait_healthy(base_url: str, timeout_s: float = 1800) -> None:
+def wait_healthy(base_url: str, timeout_s: float = 1800, cancel: Signals | None = None) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (cancel and cancel.is_set()):
         try:
             response = httpx.get(f"{base_url}/health", timeout=30)
             if response.status_code == 200:
@@ -67,6 +87,8 @@ def wait_healthy(base_url: str, timeout_s: float = 1800) -> None:
         except httpx.HTTPError:
             pass
         time.sleep(2)
+    if cancel and cancel.is_set():
+        return
     raise TimeoutError(f"pdserve: {base_url}/health not OK after {timeout_s:.0f}s")
 
 
@@ -82,7 +104,7 @@ def replica_line(states: dict[str, dict[str, int]]) -> str:
     return "pdserve: replicas " + " ".join(parts)
 
 
-def report_replicas(app_name: str, stop: threading.Event) -> None:
+def report_replicas(app_name: str, stop: Signals) -> None:
     """Print a line whenever a pool's replicas change (scaling, replacement), so that `pdserve up`'s output shows
     what the autoscaler does. Asks Serve's controller from this process, never from the request path."""
     from ray import serve
@@ -90,7 +112,8 @@ def report_replicas(app_name: str, stop: threading.Event) -> None:
     from serving.app import DEPLOYMENT_NAMES
 
     last = None
-    while not stop.wait(REPLICA_REPORT_INTERVAL_S):
+    while not stop.is_set():
+        time.sleep(REPLICA_REPORT_INTERVAL_S)
         try:
             app = serve.status().applications.get(app_name)
         except Exception:  # the controller is busy or restarting: try again next time
@@ -110,6 +133,8 @@ def reload_refusal(running: PDServeConfig, node: tuple[int, dict[str, float]], n
     for field in ("host", "port", "metrics_port", "direct_ingress"):
         if getattr(new.router, field) != getattr(running.router, field):
             return f"router.{field} is fixed while the node runs (restart pdserve up to change it)"
+    if new.local != running.local:
+        return "local is fixed while the node runs (restart pdserve up to change it)"
     cpus, custom = cluster_resources(new)
     if cpus > node[0]:
         return f"the new pools need {cpus} CPUs at their max replicas; this node was started with {node[0]}"
@@ -120,7 +145,7 @@ def reload_refusal(running: PDServeConfig, node: tuple[int, dict[str, float]], n
 
 
 def reload_app(client, running: PDServeConfig, node: tuple[int, dict[str, float]], new: PDServeConfig,
-               cancel: threading.Event) -> PDServeConfig:
+               cancel: Signals) -> PDServeConfig:
     """Redeploy with `new` (what a RayService does on a serveConfigV2 change); returns the config now serving.
 
     Serve replaces the replicas whose options or arguments changed, a few at a time; each one it stops first
@@ -171,6 +196,9 @@ def run_local(config: PDServeConfig, load: Callable[[], PDServeConfig] | None = 
     from serving.model import resolve_model
 
     resolve_model(config.model.source)  # convert the built-in model once, with progress, before Ray starts
+    # Every Ray process inherits this; each engine then binds its model threads to its own pool's cores.
+    cores = config.stack_cores(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, cores)
     num_cpus, resources = cluster_resources(config)
     ray.init(
         address="local",  # always a private node: `pdserve up` must not attach to whatever else runs here
@@ -180,38 +208,37 @@ def run_local(config: PDServeConfig, load: Callable[[], PDServeConfig] | None = 
         _metrics_export_port=config.router.metrics_port,
         logging_level="WARNING",
     )
-    stop, reload_asked, wake = threading.Event(), threading.Event(), threading.Event()
-
-    def on_signal(signum, _frame):
-        (reload_asked if signum == signal.SIGHUP else stop).set()
-        wake.set()
-
+    signals = Signals()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+        signal.signal(sig, signals.on_signal)
     try:
         schema = deploy_config(config)
         client = serve_api.serve_start(http_options=schema.http_options.model_dump())
         print(f"pdserve: starting {config.mode} serving of {config.model.served_name} ...", flush=True)
         client.deploy_apps(schema, _blocking=False)
-        wait_running(APP_NAME)
+        wait_running(APP_NAME, cancel=signals)
         base = f"http://{config.router.host}:{config.router.port}"
-        wait_healthy(base)
+        wait_healthy(base, cancel=signals)
+        if signals.stop:
+            return 0
         print(f"pdserve: API      {base}/v1  (model {config.model.served_name!r}, mode {config.mode})", flush=True)
         print(f"pdserve: health   {base}/health", flush=True)
         print(f"pdserve: metrics http://127.0.0.1:{config.router.metrics_port}/metrics", flush=True)
+        models = ", ".join(f"{role} {config.pool(role).cpu.threads_bind}" for role in config.active_roles())
+        print(f"pdserve: cores    model threads: {models}; Ray and HTTP: {','.join(map(str, sorted(cores)))}",
+              flush=True)
         print("pdserve: ready; Ctrl-C stops" + ("; SIGHUP reloads the config" if load else ""), flush=True)
-        threading.Thread(target=report_replicas, args=(APP_NAME, stop), daemon=True).start()
-        while not stop.is_set():
-            wake.wait()
-            wake.clear()
-            if reload_asked.is_set() and not stop.is_set():
-                reload_asked.clear()
+        threading.Thread(target=report_replicas, args=(APP_NAME, signals), daemon=True).start()
+        while not signals.stop:
+            time.sleep(0.2)
+            if signals.reload and not signals.stop:
+                signals.reload = False
                 try:
                     new = load() if load else config
                 except Exception as exc:  # a config with a mistake in it must not take the server down
                     print(f"pdserve: reload refused, still serving the previous config: {exc}", flush=True)
                     continue
-                config = reload_app(client, config, (num_cpus, resources), new, stop)
+                config = reload_app(client, config, (num_cpus, resources), new, signals)
     finally:
         print("pdserve: shutting down ...", flush=True)
         try:

@@ -4,8 +4,8 @@ CPU, for `pdserve bench`: `python -m serving.bench.rayllm --model <folder> --por
 It is given the same CPU fixes pdserve's engines run with, so that the comparison is about the serving
 structure and not about which side knows the machine: one core per engine (`VLLM_CPU_OMP_THREADS_BIND`), 1 GiB of
 KV cache, NIXL without its busy progress thread and with the model thread's affinity kept
-(`kv_connector_module_path: serving.nixl_cpu`), the engines' shorter busy-wait (`serving.vllm_cpu_plugin`) and
-Ray workers at nice 0. Everything else is Ray Serve LLM's default: its OpenAI ingress deployment in front of the
+(`kv_connector_module_path: serving.nixl_cpu`), the engines' shorter busy-wait (`serving.vllm_cpu_plugin`),
+Ray workers at nice 0, and Ray with the rest of the stack on the prefill engine's core (`local.stack_cores`). Everything else is Ray Serve LLM's default: its OpenAI ingress deployment in front of the
 decode server, which calls prefill.
 """
 
@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import signal
-import threading
+import time
+
+from serving.local import Signals
 
 
 def llm_config(role: str, model: str, served_name: str, dtype: str, core: str) -> dict:
@@ -48,23 +50,26 @@ def main() -> None:
     import os
 
     os.environ["RAY_worker_niceness"] = "0"
+    os.sched_setaffinity(0, {0} & os.sched_getaffinity(0) or os.sched_getaffinity(0))
     import ray
     from ray import serve
     from ray.serve.llm import build_pd_openai_app
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    # Logical CPUs only: the engines are pinned to their cores, the rest is Ray's accounting.
+    ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="WARNING")
+    signals = Signals()
+    signal.signal(signal.SIGTERM, signals.on_signal)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         app = build_pd_openai_app({
             "prefill_config": llm_config("prefill", args.model, args.served_name, args.dtype, "0"),
             "decode_config": llm_config("decode", args.model, args.served_name, args.dtype, "1"),
         })
-        serve.run(app, blocking=False)
+        serve.run(app, blocking=False)  # SIGINT (KeyboardInterrupt) stops it while it deploys too
+        signal.signal(signal.SIGINT, signals.on_signal)
         print("rayllm: ready", flush=True)
-        stop.wait()
+        while not signals.stop:
+            time.sleep(0.2)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -74,3 +74,13 @@ def test_yaml_top_level_must_be_a_mapping(tmp_path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ValueError, match="mapping"):
         PDServeConfig.from_file(bad)
+
+
+def test_the_stack_gets_the_cores_no_engine_binds_or_else_the_prefill_engines():
+    two = PDServeConfig()  # prefill on core 0, decode on core 1
+    assert two.stack_cores({0, 1}) == {0}  # decode's core stays the decode model's alone
+    assert two.stack_cores({0, 1, 2, 3}) == {2, 3}
+    assert PDServeConfig(mode="colocated").stack_cores({0, 1}) == {0, 1}  # `auto` binding: vLLM decides
+    pinned = PDServeConfig.model_validate({"local": {"stack_cores": "1"}})
+    assert pinned.stack_cores({0, 1}) == {1}
+    assert PDServeConfig.model_validate({"local": {"stack_cores": "all"}}).stack_cores({0, 1}) == {0, 1}
