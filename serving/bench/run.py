@@ -1,7 +1,10 @@
-"""`pdserve bench`: start the servers, run every workload against each of them in turn, repeat, print medians.
+"""`pdserve bench`: every workload against each server in turn, repeated, medians printed as a markdown table.
 
-Servers are interleaved (a different order each repeat) and every server not being measured is held still, so
-machine noise falls on all of them alike. The table gives each figure and its ratio to bare vLLM.
+Only the server being measured runs on the machine: each one is started, measured on every workload and stopped
+before the next starts (an idle Ray stack takes ~20 % of a core, and holding one still with SIGSTOP for minutes
+makes Serve and HAProxy restart parts of it when it resumes). Servers are interleaved over repeats (a different
+order each time), so slow drifts of a shared machine fall on all of them alike. The table gives each figure and
+its ratio to bare vLLM.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import statistics
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -181,24 +183,15 @@ def bench_command(args: argparse.Namespace) -> int:
         return 2
     run_these = {w: available[w] for w in chosen}
     targets = dict(t.split("=", 1) for t in args.target)
-    running: list[servers_lib.Server] = []
-    try:
-        if targets:
-            running = [servers_lib.Server(name, url) for name, url in targets.items()]
-        else:
-            for kind in [k for k in args.servers.split(",") if k]:
-                print(f"pdserve bench: starting {kind} ...", flush=True)
-                server = servers_lib.start(kind, model_dir, SERVED_NAME, args.dtype, out)
-                running.append(server)
-                servers_lib.wait_ready(server, SERVED_NAME)
-                server.pause()
-        results = run_all(running, run_these, model_dir, args.repeats)
-    finally:
-        for server in running:
-            server.stop()
+    if targets:
+        servers = {name: (lambda name=name, url=url: servers_lib.Server(name, url)) for name, url in targets.items()}
+    else:
+        servers = {kind: (lambda kind=kind: servers_lib.start(kind, model_dir, SERVED_NAME, args.dtype, out))
+                   for kind in args.servers.split(",") if kind}
+    results = run_all(servers, run_these, model_dir, args.repeats)
     report = table(results, run_these)
     header = (f"engine {args.engine} ({ENGINES[args.engine]}, {args.dtype}), {args.repeats} repeats, medians; "
-              f"servers interleaved, the others held still (SIGSTOP) while one is measured")
+              f"one server on the machine at a time, servers interleaved over repeats")
     (out / "table.md").write_text(header + "\n\n" + report)
     (out / "results.json").write_text(json.dumps({"engine": args.engine, "repeats": args.repeats,
                                                    "workloads": {k: w.what for k, w in run_these.items()},
@@ -207,19 +200,24 @@ def bench_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_all(running: list[servers_lib.Server], run_these: dict[str, Workload], tokenizer: str,
+def run_all(servers: dict, run_these: dict[str, Workload], tokenizer: str,
             repeats: int) -> dict[str, dict[str, dict[str, Any]]]:
-    rows: dict[str, dict[str, list[dict[str, Any]]]] = {w: {s.name: [] for s in running} for w in run_these}
+    """`servers`: name -> a function that starts the server (or names a running one) and returns it."""
+    names = list(servers)
+    rows: dict[str, dict[str, list[dict[str, Any]]]] = {w: {s: [] for s in names} for w in run_these}
     for repeat in range(repeats):
-        for name, workload in run_these.items():
-            shift = repeat % len(running)
-            for server in running[shift:] + running[:shift]:
-                server.resume()
-                time.sleep(2)  # let timers that fired while it was held still settle
-                row = measure(server, workload, tokenizer)
-                server.pause()
-                rows[name][server.name].append(row)
-                print(f"pdserve bench: repeat {repeat + 1}/{repeats} {name} {server.name}: "
-                      f"{json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})}",
-                      flush=True)
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            print(f"pdserve bench: repeat {repeat + 1}/{repeats}: starting {name} ...", flush=True)
+            server = servers[name]()
+            try:
+                servers_lib.wait_ready(server, SERVED_NAME)
+                for workload_name, workload in run_these.items():
+                    row = measure(server, workload, tokenizer)
+                    rows[workload_name][name].append(row)
+                    shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
+                    print(f"pdserve bench: repeat {repeat + 1}/{repeats} {workload_name} {name}: {json.dumps(shown)}",
+                          flush=True)
+            finally:
+                server.stop()
     return {w: {s: median_rows(r) for s, r in per.items()} for w, per in rows.items()}

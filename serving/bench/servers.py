@@ -4,24 +4,21 @@
 - `rayllm`: Ray Serve LLM's prefill/decode app (`ray.serve.llm.build_pd_openai_app`), see `serving.bench.rayllm`.
 - `colocated`, `pd`: `pdserve up` in either mode.
 
-A server not being measured is held still with SIGSTOP (all its processes: a stopped process takes no CPU and
-its timers do not run), so that idle stacks do not steal the cores the measured one runs on.
+`pdserve bench` runs one of them at a time, each in its own process group, stopped (SIGINT, as Ctrl-C) before the
+next starts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import psutil
-
 from serving.kv import free_port
 
 KINDS = ("bare", "rayllm", "colocated", "pd")
@@ -34,30 +31,10 @@ class Server:
     url: str
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
-    processes: list[psutil.Process] = field(default_factory=list)
-
-    def pause(self) -> None:
-        self.processes = self._tree()
-        for proc in self.processes:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        for proc in self.processes or self._tree():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.send_signal(signal.SIGCONT)
-        self.processes = []
-
-    def _tree(self) -> list[psutil.Process]:
-        if self.proc is None:  # a server someone else runs (`--target`): not ours to stop
-            return []
-        root = psutil.Process(self.proc.pid)
-        return [root, *root.children(recursive=True)]
 
     def stop(self, timeout_s: float = 180) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None or self.proc.poll() is not None:  # a `--target` server is not ours to stop
             return
-        self.resume()
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout_s)

@@ -36,7 +36,7 @@ class Workload:
 
 
 def _random(concurrency: int | None, prompts: int, input_len: int, output_len: int, rate: float | None = None,
-            warmups: int = 2) -> Client:
+            warmups: int = 4) -> Client:
     argv = ["--dataset-name", "random", "--random-input-len", str(input_len), "--random-output-len",
             str(output_len), "--random-range-ratio", "0", "--num-prompts", str(prompts), "--num-warmups",
             str(warmups)]

@@ -7,6 +7,7 @@ wait for the new replicas. Runs last in the `main` group: it replaces every repl
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -29,19 +30,27 @@ RELOAD_WITHIN_S = 900
 
 
 def stream_to_the_end(stack, started: list[int], i: int) -> tuple[int, int, bool]:
-    """(status, token events, ended with [DONE]) of one streamed completion."""
+    """(status, tokens generated, ended with [DONE]) of one streamed completion.
+
+    Tokens are the usage chunk's count: vLLM merges outputs its consumer has not yet taken into one chunk (the
+    reload keeps every core busy), so chunks may be fewer than tokens without any token being lost.
+    """
     body = {"model": MODEL, "prompt": f"{uuid.uuid4().hex} tell me about ships {i}", "max_tokens": STREAM_TOKENS,
-            "ignore_eos": True, "stream": True}
-    tokens, done = 0, False
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    tokens, done, finish = 0, False, None
     with httpx.stream("POST", f"{stack.api_url}/completions", json=body, timeout=RELOAD_WITHIN_S) as response:
         for line in response.iter_lines():
             if line == "data: [DONE]":
                 done = True
-            elif line.startswith("data: ") and '"text":' in line and '"error"' not in line:
-                tokens += 1
-                if tokens == 1:
-                    started.append(i)
-        return response.status_code, tokens, done
+            elif line.startswith("data: ") and '"error"' not in line:
+                event = json.loads(line[6:])
+                for choice in event.get("choices") or ():
+                    if choice.get("text") and i not in started:
+                        started.append(i)
+                    finish = choice.get("finish_reason") or finish
+                if event.get("usage"):
+                    tokens = event["usage"]["completion_tokens"]
+        return response.status_code, tokens if finish == "length" else -1, done
 
 
 def complete(stack, prompt: str) -> httpx.Response:
