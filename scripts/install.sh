@@ -16,3 +16,14 @@ if [[ ",${EXTRAS}," == *",cpu,"* ]]; then
     python -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 fi
 python -m serving.model   # converts the built-in model once (about 40 s), then reuses it
+if [[ ",${EXTRAS}," == *",test,"* ]] && ! command -v promtool >/dev/null; then
+    # The alert-rule tests run `promtool test rules`; Debian's prometheus package carries promtool.
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+            || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+    else
+        echo "install.sh: promtool not found and apt-get unavailable (or not root): the alert-rule tests will" \
+             "skip; install Prometheus 2.x to run them" >&2
+    fi
+fi

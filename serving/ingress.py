@@ -19,7 +19,7 @@ from serving.guard import ARRIVED, error_response
 from serving.metrics import RouterMetrics, outcome_of
 from serving.orchestrator import Outcome
 from serving.protocol import Endpoint
-from serving.streaming import StreamTiming, metered
+from serving.streaming import ENGINE_CLOCK, StreamTiming, metered
 
 REQUEST_ID_HEADER = "X-Request-Id"
 
@@ -73,7 +73,8 @@ class Ingress:
         self.server, self.orchestrate, self.config = server, orchestrate, config
         pool = config.pool(server.role)
         self.admission = Admission(pool.max_ongoing_requests, pool.max_queued_requests)
-        self.metrics = RouterMetrics(config.model.served_name)
+        paths = ("colocated",) if server.role == "colocated" else ("disaggregated", "decode_only")
+        self.metrics = RouterMetrics(config.model.served_name, paths)
 
     async def serve(self, endpoint: Endpoint, request: Any, raw: Request):
         arrived = raw.scope.get(ARRIVED) or time.perf_counter()
@@ -91,20 +92,31 @@ class Ingress:
             return response
         self.metrics.enter()
         self.server.requests_in_flight += 1
+        streamed = bool(getattr(request, "stream", False))
+        # A unary reply is timed by the engine client as the engine's outputs come (serving.streaming).
+        clock = None if streamed else StreamTiming(start=arrived)
+        clock_token = ENGINE_CLOCK.set(clock)
         try:
             outcome = await self.orchestrate(endpoint, request, body, raw_request=raw)
         except BaseException:
             self._leave()
             raise
+        finally:
+            ENGINE_CLOCK.reset(clock_token)
         headers = response_headers(outcome, self.config.router.retry_after_s)
         if outcome.stream is None:
             self._leave()
-            self._record(endpoint, outcome, arrived, outcome.reply.status, outcome.reply.body)
+            if clock is not None and outcome.reply.status == 200:
+                clock.end = clock.last_token
+                usage = (outcome.reply.body or {}).get("usage") or {}
+                clock.prompt_tokens = usage.get("prompt_tokens", 0)
+                clock.completion_tokens = usage.get("completion_tokens", 0)
+            self._record(endpoint, outcome, arrived, outcome.reply.status, outcome.reply.body, clock, streamed)
             return JSONResponse(outcome.reply.body, status_code=outcome.reply.status, headers=headers)
 
         def done(timing: StreamTiming, completed: bool) -> None:
             self._leave()
-            self._record(endpoint, outcome, arrived, 200 if completed else 499, None, timing)
+            self._record(endpoint, outcome, arrived, 200 if completed else 499, None, timing, streamed)
 
         on_done = Once(done)
         timing = StreamTiming(start=arrived)
@@ -120,9 +132,10 @@ class Ingress:
         self.server.requests_in_flight -= 1
 
     def _record(self, endpoint: str, outcome: Outcome, arrived: float, status: int, body: dict | None,
-                timing: StreamTiming | None = None) -> None:
-        """Record one finished request (499: the client went away mid-stream)."""
-        m, tags = self.metrics, self.metrics.tags(outcome.plan.path)
+                timing: StreamTiming | None, streamed: bool) -> None:
+        """Record one finished request (499: the client went away mid-stream). `timing` is None for a reply
+        that carries no tokens (an error)."""
+        m, tags = self.metrics, self.metrics.tags(outcome.plan.path, streamed)
         outcome_name = "cancelled" if status == 499 else outcome_of(status)
         m.requests.inc(tags={**tags, "endpoint": endpoint, "outcome": outcome_name})
         m.e2e.observe(time.perf_counter() - arrived, tags=tags)

@@ -14,18 +14,31 @@ LATENCY_BUCKETS = [0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0
                    5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0]
 
 
-class RouterMetrics:
-    """What users feel, measured at the router per model and per path (disaggregated / colocated)."""
+OUTCOMES = ("ok", "client_error", "server_error", "cancelled")
+"""Values of the `outcome` label of `pdserve_requests_total` (cancelled: the client left mid-stream)."""
 
-    def __init__(self, model: str):
+
+def exported_at_zero(counter: metrics.Counter, tags: dict[str, str]) -> None:
+    """Export a counter's series at 0 from start-up: Ray exports only series it has recorded, and a rate over a
+    missing series reads "no data" on a dashboard where it should read 0 (no KV transfer failed yet).
+    `Counter.inc` refuses 0; `_record` is what it calls once it has checked the value."""
+    counter._record(0.0, tags=tags)
+
+
+class RouterMetrics:
+    """What users feel, measured at the ingress per model, path (disaggregated / decode_only / colocated) and
+    whether the reply was streamed (`streamed`: "true" / "false")."""
+
+    def __init__(self, model: str, paths: tuple[str, ...] = ()):
         self.model = model
-        keys = ("model", "path")
-        self.ttft = metrics.Histogram("pdserve_ttft_seconds", "Time to first streamed token.",
+        keys = ("model", "path", "streamed")
+        self.ttft = metrics.Histogram("pdserve_ttft_seconds", "Time to first token (streamed: first chunk with "
+                                      "text sent; unary: first token out of the engine).",
                                       LATENCY_BUCKETS, tag_keys=keys)
         self.tpot = metrics.Histogram("pdserve_tpot_seconds", "Time per output token after the first, per request.",
                                       LATENCY_BUCKETS, tag_keys=keys)
-        self.itl = metrics.Histogram("pdserve_inter_token_latency_seconds", "Gap between streamed chunks.",
-                                     LATENCY_BUCKETS, tag_keys=keys)
+        self.itl = metrics.Histogram("pdserve_inter_token_latency_seconds", "Gap between chunks (or engine "
+                                     "outputs) that carry tokens.", LATENCY_BUCKETS, tag_keys=keys)
         self.e2e = metrics.Histogram("pdserve_e2e_latency_seconds", "Request latency, arrival to last byte.",
                                      LATENCY_BUCKETS, tag_keys=keys)
         self.stage = metrics.Histogram("pdserve_ttft_stage_seconds",
@@ -40,13 +53,21 @@ class RouterMetrics:
         self.generation_tokens = metrics.Counter("pdserve_generation_tokens_total",
                                                  "Generated tokens of finished requests.", tag_keys=keys)
         self._in_flight = 0
+        for path in paths:  # the series a dashboard reads from the start, at 0
+            for streamed in (True, False):
+                tags = self.tags(path, streamed)
+                exported_at_zero(self.prompt_tokens, tags)
+                exported_at_zero(self.generation_tokens, tags)
+                for endpoint in ("chat", "completions"):
+                    for outcome in OUTCOMES:
+                        exported_at_zero(self.requests, {**tags, "endpoint": endpoint, "outcome": outcome})
 
     @property
     def requests_in_flight(self) -> int:
         return self._in_flight
 
-    def tags(self, path: str) -> dict[str, str]:
-        return {"model": self.model, "path": path}
+    def tags(self, path: str, streamed: bool) -> dict[str, str]:
+        return {"model": self.model, "path": path, "streamed": "true" if streamed else "false"}
 
     def enter(self) -> None:
         self._in_flight += 1
@@ -91,6 +112,11 @@ class PoolMetrics:
             "pdserve_kv_pulls_skipped_total",
             "Decode requests that waited for a replica past their KV pull deadline and recomputed the prompt.",
             tag_keys=("pool",))
+        for counter in (self.prefix_queries, self.prefix_hits, self.kv_transfers, self.kv_bytes, self.kv_seconds,
+                        self.kv_failures, self.kv_pulls_skipped):
+            exported_at_zero(counter, self.tags)
+        for source in ("computed", "local_cache", "kv_transfer"):
+            exported_at_zero(self.prompt_tokens, {**self.tags, "source": source})
 
     def record_step(self, running: int, waiting: int, kv_usage: float, queries: int, hits: int) -> None:
         self.queue.set(running, tags={**self.tags, "state": "running"})

@@ -1,10 +1,16 @@
-"""Forwards the engine's SSE lines to the client untouched, timing them on the way.
+"""When each token of a request came out: streamed replies timed as their SSE lines pass, unary ones as the
+engine's outputs reach vLLM's serving layer.
 
 The figures follow the definitions of docs/metrics.md, the ones vLLM's benchmark client and `loadtest/` use:
 TTFT from the request's arrival to the first chunk that carries text, TPOT = (end - first token) / (tokens - 1),
 ITL = every gap between two chunks that carry text. The engine is always asked for a usage chunk (exact token
 counts for TPOT); when the client did not ask for one, that chunk is dropped here, so the client sees exactly
 what `vllm serve` would have sent it.
+
+A reply that is not streamed has no chunks to time: its ingress puts a `StreamTiming` in `ENGINE_CLOCK` (a
+context variable, so it follows the request into vLLM's serving code and the tasks it starts) and
+`ClockedEngine`, the engine client vLLM's serving layer is given, notes each output that carries new tokens.
+Its TTFT is thus when the engine produced the first token, not when the client received the body.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -25,6 +34,15 @@ class StreamTiming:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     chunks_with_text: int = 0
+
+    def token(self, now: float) -> None:
+        """A chunk (or engine output) carrying text arrived at `now`."""
+        if self.first_token is None:
+            self.first_token = now
+        else:
+            self.gaps.append(now - self.last_token)
+        self.last_token = now
+        self.chunks_with_text += 1
 
     @property
     def ttft(self) -> float | None:
@@ -69,14 +87,8 @@ async def metered(chunks: AsyncIterator[str], timing: StreamTiming, *, drop_usag
         async for chunk in chunks:
             event = parse_sse_data(chunk)
             if event is not None:
-                now = time.perf_counter()
                 if carries_text(event):
-                    if timing.first_token is None:
-                        timing.first_token = now
-                    else:
-                        timing.gaps.append(now - timing.last_token)
-                    timing.last_token = now
-                    timing.chunks_with_text += 1
+                    timing.token(time.perf_counter())
                 if event.get("usage"):
                     timing.prompt_tokens = event["usage"].get("prompt_tokens", 0)
                     timing.completion_tokens = event["usage"].get("completion_tokens", 0)
@@ -87,3 +99,28 @@ async def metered(chunks: AsyncIterator[str], timing: StreamTiming, *, drop_usag
     finally:
         timing.end = time.perf_counter()
         on_done(timing, completed)
+
+
+ENGINE_CLOCK: ContextVar[StreamTiming | None] = ContextVar("pdserve_engine_clock", default=None)
+"""The timing of the unary request being served in this context (None: streamed, or not an ingress request)."""
+
+
+class ClockedEngine:
+    """vLLM's engine client with one difference: `generate` notes, in the request's `ENGINE_CLOCK`, when each
+    output carrying new tokens came out. Everything else is the engine's own (attributes are delegated)."""
+
+    def __init__(self, engine: Any):
+        self._engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    async def generate(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        timing = ENGINE_CLOCK.get()
+        # aclosing: a consumer that stops early closes the engine's generator now (vLLM aborts the request
+        # there), not whenever the garbage collector gets to it.
+        async with aclosing(self._engine.generate(*args, **kwargs)) as outputs:
+            async for output in outputs:
+                if timing is not None and any(c.token_ids for c in getattr(output, "outputs", ())):
+                    timing.token(time.perf_counter())
+                yield output

@@ -24,6 +24,7 @@ from serving.engine_args import engine_arg_values, parse_vllm_args, to_cli
 from serving.kv import kv_pull_deadline, replica_env
 from serving.model import resolve_model
 from serving.protocol import Endpoint, LegReply, error_reply
+from serving.streaming import ClockedEngine
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ class LLMServer:
             disable_log_stats=False,
         )
         self.state = State()
-        await init_app_state(self.engine, self.state, args, await self.engine.get_supported_tasks())
+        # vLLM's serving layer gets the engine through `ClockedEngine`, so unary replies are timed too.
+        await init_app_state(ClockedEngine(self.engine), self.state, args, await self.engine.get_supported_tasks())
         log.info("pdserve: %s replica %s ready (pid %d)", role, self.replica, os.getpid())
 
     async def __serve_build_asgi_app__(self):

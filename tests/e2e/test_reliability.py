@@ -15,6 +15,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import hypothesis
 import pytest
 
 from serving.config import PDServeConfig
@@ -323,7 +324,6 @@ def test_a_flood_gets_only_200s_and_429s(pd_stack):
 
 # --- hostile input ------------------------------------------------------------------------------------------
 
-hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies
 
 WEIRD = st.one_of(

@@ -83,3 +83,70 @@ def test_a_stream_that_breaks_is_reported_as_not_completed():
     except RuntimeError:
         pass
     assert done == [False] and timing.end is not None
+
+
+class FakeOutput:
+    def __init__(self, *token_counts: int):
+        self.outputs = [type("Completion", (), {"token_ids": [0] * n})() for n in token_counts]
+
+
+class FakeEngine:
+    """Yields outputs after the given clock steps; remembers whether its generator was closed."""
+
+    model_config = "the engine's own"
+
+    def __init__(self, clock, steps):
+        self.clock, self.steps, self.closed = clock, steps, False
+
+    async def generate(self, prompt, sampling_params, request_id):
+        try:
+            for step, output in self.steps:
+                self.clock.now += step
+                yield output
+        finally:
+            self.closed = True
+
+
+def test_a_unary_reply_is_timed_by_the_engine_outputs_of_its_own_context(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(streaming.time, "perf_counter", clock)
+    # An output without new tokens (a prefill-only step of a chunked prompt) is no token.
+    engine = FakeEngine(clock, [(0.3, FakeOutput(0)), (0.2, FakeOutput(1)), (0.1, FakeOutput(2)),
+                                (0.05, FakeOutput(1))])
+    clocked = streaming.ClockedEngine(engine)
+    assert clocked.model_config == "the engine's own"
+
+    async def unary(clock_of_request):
+        token = streaming.ENGINE_CLOCK.set(clock_of_request)
+        try:
+            # vLLM's serving code consumes outputs in tasks it starts: the context goes with them.
+            return await asyncio.create_task(_drain(clocked.generate("p", None, request_id="r")))
+        finally:
+            streaming.ENGINE_CLOCK.reset(token)
+
+    timing = StreamTiming(start=0.0)
+    assert asyncio.run(unary(timing)) == 4
+    assert abs(timing.ttft - 0.5) < 1e-9
+    assert [round(g, 9) for g in timing.gaps] == [0.1, 0.05]
+    assert timing.chunks_with_text == 3
+
+    other = FakeEngine(clock, [(0.1, FakeOutput(1))])
+    assert asyncio.run(_drain(streaming.ClockedEngine(other).generate("p", None, request_id="s"))) == 1
+    assert timing.chunks_with_text == 3  # a request without a clock in its context leaves others' alone
+
+
+async def _drain(outputs) -> int:
+    return len([o async for o in outputs])
+
+
+def test_a_consumer_that_stops_early_closes_the_engine_generator_at_once():
+    engine = FakeEngine(Clock(), [(0, FakeOutput(1))] * 5)
+
+    async def take_one():
+        outputs = streaming.ClockedEngine(engine).generate("p", None, request_id="r")
+        async for _ in outputs:
+            break
+        await outputs.aclose()
+        return engine.closed
+
+    assert asyncio.run(take_one()) is True
