@@ -37,8 +37,8 @@ class RouterMetrics:
                                       LATENCY_BUCKETS, tag_keys=keys)
         self.tpot = metrics.Histogram("pdserve_tpot_seconds", "Time per output token after the first, per request.",
                                       LATENCY_BUCKETS, tag_keys=keys)
-        self.itl = metrics.Histogram("pdserve_inter_token_latency_seconds", "Gap between chunks (or engine "
-                                     "outputs) that carry tokens.", LATENCY_BUCKETS, tag_keys=keys)
+        self.itl = metrics.Histogram("pdserve_inter_token_latency_seconds", "Gap between streamed chunks that "
+                                     "carry tokens.", LATENCY_BUCKETS, tag_keys=keys)
         self.e2e = metrics.Histogram("pdserve_e2e_latency_seconds", "Request latency, arrival to last byte.",
                                      LATENCY_BUCKETS, tag_keys=keys)
         self.stage = metrics.Histogram("pdserve_ttft_stage_seconds",

@@ -7,10 +7,13 @@ ITL = every gap between two chunks that carry text. The engine is always asked f
 counts for TPOT); when the client did not ask for one, that chunk is dropped here, so the client sees exactly
 what `vllm serve` would have sent it.
 
-A reply that is not streamed has no chunks to time: its ingress puts a `StreamTiming` in `ENGINE_CLOCK` (a
-context variable, so it follows the request into vLLM's serving code and the tasks it starts) and
-`ClockedEngine`, the engine client vLLM's serving layer is given, notes each output that carries new tokens.
-Its TTFT is thus when the engine produced the first token, not when the client received the body.
+A reply that is not streamed has no chunks to time, and vLLM hands its serving layer one output at the end
+(`FINAL_ONLY`). Its ingress puts a `StreamTiming` in `ENGINE_CLOCK` (a context variable, so it follows the
+request into vLLM's serving code and the tasks it starts); `ClockedEngine`, the engine client vLLM's serving
+layer is given, reads the engine's own per-request timestamps from that output: the first token as the engine's
+front end received it (what a stream would have sent on), and the first-to-last-token time of the engine core.
+So a unary TTFT is when the engine produced the first token, not when the client received the body; its TPOT
+is the engine's; it has no inter-token gaps (vLLM's `vllm:inter_token_latency_seconds` has them).
 """
 
 from __future__ import annotations
@@ -106,8 +109,8 @@ ENGINE_CLOCK: ContextVar[StreamTiming | None] = ContextVar("pdserve_engine_clock
 
 
 class ClockedEngine:
-    """vLLM's engine client with one difference: `generate` notes, in the request's `ENGINE_CLOCK`, when each
-    output carrying new tokens came out. Everything else is the engine's own (attributes are delegated)."""
+    """vLLM's engine client with one difference: `generate` copies the engine's timestamps of a request whose
+    context holds an `ENGINE_CLOCK` into it. Everything else is the engine's own (attributes are delegated)."""
 
     def __init__(self, engine: Any):
         self._engine = engine
@@ -121,6 +124,23 @@ class ClockedEngine:
         # there), not whenever the garbage collector gets to it.
         async with aclosing(self._engine.generate(*args, **kwargs)) as outputs:
             async for output in outputs:
-                if timing is not None and any(c.token_ids for c in getattr(output, "outputs", ())):
-                    timing.token(time.perf_counter())
+                if timing is not None and getattr(output, "finished", False):
+                    note_engine_times(timing, getattr(output, "metrics", None))
                 yield output
+
+
+def note_engine_times(timing: StreamTiming, stats: Any) -> None:
+    """Put a finished request's first and last token times (vLLM's `RequestStateStats`) on `timing`'s clock.
+
+    `arrival_time + first_token_latency` is the wall-clock time the engine's front end got the first token; the
+    engine core's monotonic first/last token stamps give the time between them. A completion with several
+    prompts runs one engine request per prompt: the earliest first token and the latest last token count."""
+    if stats is None or not getattr(stats, "first_token_latency", 0):
+        return
+    first = time.perf_counter() - (time.time() - (stats.arrival_time + stats.first_token_latency))
+    last = first + max(stats.last_token_ts - stats.first_token_ts, 0.0)
+    if timing.first_token is None or first < timing.first_token:
+        timing.first_token = first
+    if timing.last_token is None or last > timing.last_token:
+        timing.last_token = last
+    timing.chunks_with_text += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 
@@ -48,59 +49,83 @@ def unary_timing(stack) -> tuple[float, int]:
     return latency, response.json()["usage"]["completion_tokens"]
 
 
-def exported(stack, before: dict, streamed: str) -> tuple[dict, float, float]:
-    """(scrape, mean TTFT, mean TPOT) over the REQUESTS sent since `before` with `streamed` ("true"/"false")."""
-    def count(samples) -> float:
-        return total(samples, "ray_pdserve_ttft_seconds_count", streamed=streamed)
+def exported(stack, before: dict, streamed: str) -> dict:
+    """A scrape once the REQUESTS sent since `before` with `streamed` ("true"/"false") are all exported."""
+    def count(samples, name: str) -> float:
+        return total(samples, name, streamed=streamed) - total(before, name, streamed=streamed)
 
     deadline = time.monotonic() + 120  # Ray exports recorded metrics every few seconds
     while True:
         after = scrape(stack)
-        if count(after) - count(before) >= REQUESTS or time.monotonic() > deadline:
+        if count(after, "ray_pdserve_ttft_seconds_count") >= REQUESTS or time.monotonic() > deadline:
             break
         time.sleep(2)
-    assert count(after) - count(before) == REQUESTS
-    assert total(after, "ray_pdserve_tpot_seconds_count", streamed=streamed) - total(
-        before, "ray_pdserve_tpot_seconds_count", streamed=streamed) == REQUESTS
+    assert count(after, "ray_pdserve_ttft_seconds_count") == REQUESTS
+    assert count(after, "ray_pdserve_tpot_seconds_count") == REQUESTS
+    return after
 
-    def mean(name: str) -> float:
-        return (total(after, f"{name}_sum", streamed=streamed) - total(before, f"{name}_sum", streamed=streamed)) \
-            / REQUESTS
 
-    return after, mean("ray_pdserve_ttft_seconds"), mean("ray_pdserve_tpot_seconds")
+def cumulative(before: dict, after: dict, name: str, streamed: str) -> list[tuple[float, float]]:
+    """(bucket bound, observations <= bound) of a histogram over the requests between two scrapes.
+
+    Bucket counts, not `_sum`: Ray exports a histogram's sum from bucket midpoints (an approximation), while
+    each bucket's count is exact."""
+    def counts(samples) -> dict[float, float]:
+        out: dict[float, float] = {}
+        for labels, value in samples.get(f"{name}_bucket", []):
+            bound = re.search(r'le="([^"]+)"', labels)[1]
+            if f'streamed="{streamed}"' in labels and bound != "+Inf":
+                out[float(bound)] = out.get(float(bound), 0) + value
+        return out
+
+    now, then = counts(after), counts(before)
+    return sorted((bound, now[bound] - then.get(bound, 0)) for bound in now)
 
 
 def test_ingress_ttft_and_tpot_agree_with_what_the_client_measures(pd_stack):
     before = settled(pd_stack)
     measured = [client_timing(pd_stack) for _ in range(REQUESTS)]
-    _, server_ttft, server_tpot = exported(pd_stack, before, "true")
-    client_ttft = sum(t for t, _ in measured) / REQUESTS
-    client_tpot = sum(p for _, p in measured) / REQUESTS
-    print(f"streamed, mean TTFT: client {client_ttft * 1e3:.1f} ms, ingress {server_ttft * 1e3:.1f} ms; mean TPOT: "
-          f"client {client_tpot * 1e3:.2f} ms, ingress {server_tpot * 1e3:.2f} ms")
-    # The ingress's interval lies inside the client's: it can only miss what happens outside the replica
-    # (HAProxy, the network, the client reading), which the stated margin bounds.
-    assert server_ttft <= client_ttft + 0.001
-    assert client_ttft - server_ttft <= 0.05 + 0.2 * client_ttft
-    assert abs(client_tpot - server_tpot) <= 0.002 + 0.1 * client_tpot
+    after = exported(pd_stack, before, "true")
+    ttft = cumulative(before, after, "ray_pdserve_ttft_seconds", "true")
+    tpot = cumulative(before, after, "ray_pdserve_tpot_seconds", "true")
+    print(f"streamed: client TTFT {sorted(round(t * 1e3, 1) for t, _ in measured)} ms, TPOT "
+          f"{sorted(round(p * 1e3, 2) for _, p in measured)} ms; ingress TTFT buckets {ttft}, TPOT buckets {tpot}")
+
+    def under(values, bound: float) -> int:
+        return sum(v <= bound for v in values)
+
+    client_ttft, client_tpot = [t for t, _ in measured], [p for _, p in measured]
+    for bound, count in ttft:
+        # Each request's ingress TTFT lies inside the client's (<= client + 1 ms) and misses only what happens
+        # outside the replica (HAProxy, the network, the client reading): client - ingress <= 50 ms + 20 %.
+        assert under(client_ttft, bound - 0.001) <= count <= under(client_ttft, (bound + 0.05) / 0.8), (bound, count)
+    for bound, count in tpot:  # |client - ingress| <= 2 ms + 10 %
+        assert under(client_tpot, (bound - 0.002) / 1.1) <= count <= under(client_tpot, (bound + 0.002) / 0.9), \
+            (bound, count)
 
 
 def test_requests_that_are_not_streamed_are_timed_too(pd_stack):
-    """A unary reply has no chunks: its first token is when the engine produced it (docs/metrics.md), so TTFT
-    and (tokens - 1) x TPOT must add up to the time the client waited, less only the reply's trip out."""
+    """A unary reply has no chunks: its first token is when the engine produced it and its TPOT the engine's
+    (docs/metrics.md). Each request's TTFT and TPOT fit inside the time its client waited, and the TTFT is the
+    first token's, not the reply's (24 tokens take several times longer than the first)."""
     before = settled(pd_stack)
     measured = [unary_timing(pd_stack) for _ in range(REQUESTS)]
     assert all(tokens == TOKENS for _, tokens in measured)
-    after, server_ttft, server_tpot = exported(pd_stack, before, "false")
-    client_latency = sum(latency for latency, _ in measured) / REQUESTS
-    server_last_token = server_ttft + (TOKENS - 1) * server_tpot
-    print(f"not streamed: client latency {client_latency * 1e3:.1f} ms; ingress TTFT {server_ttft * 1e3:.1f} ms, "
-          f"TPOT {server_tpot * 1e3:.2f} ms, last token at {server_last_token * 1e3:.1f} ms")
-    assert 0 < server_ttft < server_last_token <= client_latency + 0.001
-    assert client_latency - server_last_token <= 0.05 + 0.2 * client_latency
-    gaps = total(after, "ray_pdserve_inter_token_latency_seconds_count", streamed="false") - total(
-        before, "ray_pdserve_inter_token_latency_seconds_count", streamed="false")
-    assert 0 < gaps <= REQUESTS * (TOKENS - 1)  # outputs the serving layer had not yet taken arrive merged
+    after = exported(pd_stack, before, "false")
+    ttft = cumulative(before, after, "ray_pdserve_ttft_seconds", "false")
+    tpot = cumulative(before, after, "ray_pdserve_tpot_seconds", "false")
+    latency = [t for t, _ in measured]
+    print(f"not streamed: client latency {sorted(round(t * 1e3, 1) for t in latency)} ms; ingress TTFT buckets "
+          f"{ttft}, TPOT buckets {tpot}")
+
+    def under(values, bound: float) -> int:
+        return sum(v <= bound for v in values)
+
+    for bound, count in ttft:
+        assert count >= under(latency, bound)  # TTFT <= the client's latency
+        assert count >= under([t / 2 for t in latency], bound), (bound, count)  # ... and well before the end
+    for bound, count in tpot:
+        assert count >= under([t / (TOKENS - 1) for t in latency], bound), (bound, count)
 
 
 def test_counters_are_exported_before_they_first_move(pd_stack):

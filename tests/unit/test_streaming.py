@@ -85,35 +85,44 @@ def test_a_stream_that_breaks_is_reported_as_not_completed():
     assert done == [False] and timing.end is not None
 
 
+class FakeStats:
+    """vLLM's RequestStateStats of a finished request: wall-clock arrival, latency of the first token at the
+    front end, engine-core monotonic stamps of the first and last token."""
+
+    def __init__(self, arrival_time, first_token_latency, first_token_ts, last_token_ts):
+        self.arrival_time, self.first_token_latency = arrival_time, first_token_latency
+        self.first_token_ts, self.last_token_ts = first_token_ts, last_token_ts
+
+
 class FakeOutput:
-    def __init__(self, *token_counts: int):
-        self.outputs = [type("Completion", (), {"token_ids": [0] * n})() for n in token_counts]
+    def __init__(self, finished=False, metrics=None):
+        self.finished, self.metrics = finished, metrics
 
 
 class FakeEngine:
-    """Yields outputs after the given clock steps; remembers whether its generator was closed."""
+    """Yields the given outputs; remembers whether its generator was closed."""
 
     model_config = "the engine's own"
 
-    def __init__(self, clock, steps):
-        self.clock, self.steps, self.closed = clock, steps, False
+    def __init__(self, outputs):
+        self.outputs, self.closed = outputs, False
 
     async def generate(self, prompt, sampling_params, request_id):
         try:
-            for step, output in self.steps:
-                self.clock.now += step
+            for output in self.outputs:
                 yield output
         finally:
             self.closed = True
 
 
-def test_a_unary_reply_is_timed_by_the_engine_outputs_of_its_own_context(monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(streaming.time, "perf_counter", clock)
-    # An output without new tokens (a prefill-only step of a chunked prompt) is no token.
-    engine = FakeEngine(clock, [(0.3, FakeOutput(0)), (0.2, FakeOutput(1)), (0.1, FakeOutput(2)),
-                                (0.05, FakeOutput(1))])
-    clocked = streaming.ClockedEngine(engine)
+def test_a_unary_reply_is_timed_by_the_engine_stamps_of_its_own_context(monkeypatch):
+    # Wall clock 1000.0 s and perf_counter 50.0 s are the same instant.
+    monkeypatch.setattr(streaming.time, "time", lambda: 1000.0)
+    monkeypatch.setattr(streaming.time, "perf_counter", lambda: 50.0)
+    # Arrived at the engine at wall 998.5, first token 0.3 s later; 0.6 s from first to last token.
+    final = FakeOutput(True, FakeStats(arrival_time=998.5, first_token_latency=0.3, first_token_ts=7.0,
+                                       last_token_ts=7.6))
+    clocked = streaming.ClockedEngine(FakeEngine([FakeOutput(), final]))
     assert clocked.model_config == "the engine's own"
 
     async def unary(clock_of_request):
@@ -124,15 +133,17 @@ def test_a_unary_reply_is_timed_by_the_engine_outputs_of_its_own_context(monkeyp
         finally:
             streaming.ENGINE_CLOCK.reset(token)
 
-    timing = StreamTiming(start=0.0)
-    assert asyncio.run(unary(timing)) == 4
-    assert abs(timing.ttft - 0.5) < 1e-9
-    assert [round(g, 9) for g in timing.gaps] == [0.1, 0.05]
-    assert timing.chunks_with_text == 3
+    timing = StreamTiming(start=48.0)  # the ingress got the request at wall 998.0
+    assert asyncio.run(unary(timing)) == 2
+    assert abs(timing.ttft - 0.8) < 1e-9  # 998.8 - 998.0
+    assert abs(timing.last_token - timing.first_token - 0.6) < 1e-9
+    timing.end, timing.completion_tokens = timing.last_token, 4
+    assert abs(timing.tpot - 0.2) < 1e-9
+    assert timing.gaps == []
 
-    other = FakeEngine(clock, [(0.1, FakeOutput(1))])
-    assert asyncio.run(_drain(streaming.ClockedEngine(other).generate("p", None, request_id="s"))) == 1
-    assert timing.chunks_with_text == 3  # a request without a clock in its context leaves others' alone
+    other = StreamTiming(start=48.0)
+    assert asyncio.run(_drain(streaming.ClockedEngine(FakeEngine([final])).generate("p", None, request_id="s"))) == 1
+    assert other.first_token is None and timing.chunks_with_text == 1  # no clock in its context: nothing noted
 
 
 async def _drain(outputs) -> int:
@@ -140,7 +151,7 @@ async def _drain(outputs) -> int:
 
 
 def test_a_consumer_that_stops_early_closes_the_engine_generator_at_once():
-    engine = FakeEngine(Clock(), [(0, FakeOutput(1))] * 5)
+    engine = FakeEngine([FakeOutput()] * 5)
 
     async def take_one():
         outputs = streaming.ClockedEngine(engine).generate("p", None, request_id="r")
