@@ -16,6 +16,23 @@ from collections.abc import Callable
 from serving.config import PDServeConfig
 
 
+def interrupt(proc, timeout_s: float = 180) -> int:
+    """Stop a `pdserve up` (or any server) process as Ctrl-C would; kill its whole session group if it hangs.
+    Returns its exit code (-9 when it had to be killed)."""
+    import os
+    import subprocess
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+            return -9
+    return proc.returncode
+
+
 def cluster_resources(config: PDServeConfig) -> tuple[int, dict[str, float]]:
     """Logical CPUs and custom resources a local Ray node needs so every pool can reach its max replicas."""
     cpus = 1  # Serve's controller and proxies

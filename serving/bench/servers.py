@@ -11,7 +11,6 @@ next starts.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import httpx
 from serving.kv import free_port
+from serving.local import interrupt
 
 KINDS = ("bare", "rayllm", "colocated", "pd")
 READY_TIMEOUT_S = 900
@@ -33,14 +33,8 @@ class Server:
     log_path: Path | None = None
 
     def stop(self, timeout_s: float = 180) -> None:
-        if self.proc is None or self.proc.poll() is not None:  # a `--target` server is not ours to stop
-            return
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
+        if self.proc is not None:  # a `--target` server is not ours to stop
+            interrupt(self.proc, timeout_s)
 
 
 def command(kind: str, model_dir: str, served_name: str, port: int, dtype: str) -> list[str]:

@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from serving.local import interrupt
+
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = float(os.environ.get("PDSERVE_TEST_STARTUP_TIMEOUT", 900))
 API_KEY = "e2e-secret-key"  # the autoscale stack is started with it in PDSERVE_API_KEYS
@@ -82,15 +84,7 @@ def wait_ready(stack: Stack) -> None:
 
 def stop(stack: Stack, timeout_s: float = 180) -> int:
     """SIGINT, as Ctrl-C would; returns the exit code. Kills the whole session group if it hangs."""
-    if stack.proc.poll() is None:
-        stack.proc.send_signal(signal.SIGINT)
-        try:
-            stack.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(stack.proc.pid, signal.SIGKILL)
-            stack.proc.wait(30)
-            return -9
-    return stack.proc.returncode
+    return interrupt(stack.proc, timeout_s)
 
 
 def survivors(stack: Stack, grace_s: float = 30) -> list[str]:
