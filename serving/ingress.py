@@ -93,7 +93,7 @@ class Ingress:
         self.metrics.enter()
         self.server.requests_in_flight += 1
         streamed = bool(getattr(request, "stream", False))
-        # A unary reply is timed by the engine client as the engine's outputs come (serving.streaming).
+        # A unary reply is timed from the engine's own stamps by the engine client (serving.streaming).
         clock = None if streamed else StreamTiming(start=arrived)
         clock_token = ENGINE_CLOCK.set(clock)
         try:

@@ -118,15 +118,21 @@ class ClockedEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
-    async def generate(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    def generate(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """The engine's own generator for a streamed request (no extra hop per token); a unary one's, wrapped."""
+        outputs = self._engine.generate(*args, **kwargs)
         timing = ENGINE_CLOCK.get()
-        # aclosing: a consumer that stops early closes the engine's generator now (vLLM aborts the request
-        # there), not whenever the garbage collector gets to it.
-        async with aclosing(self._engine.generate(*args, **kwargs)) as outputs:
-            async for output in outputs:
-                if timing is not None and getattr(output, "finished", False):
-                    note_engine_times(timing, getattr(output, "metrics", None))
-                yield output
+        return outputs if timing is None else _noting_engine_times(outputs, timing)
+
+
+async def _noting_engine_times(outputs: AsyncIterator[Any], timing: StreamTiming) -> AsyncIterator[Any]:
+    # aclosing: a consumer that stops early closes the engine's generator now (vLLM aborts the request there),
+    # not whenever the garbage collector gets to it.
+    async with aclosing(outputs):
+        async for output in outputs:
+            if getattr(output, "finished", False):
+                note_engine_times(timing, getattr(output, "metrics", None))
+            yield output
 
 
 def note_engine_times(timing: StreamTiming, stats: Any) -> None:

@@ -154,6 +154,7 @@ def test_a_consumer_that_stops_early_closes_the_engine_generator_at_once():
     engine = FakeEngine([FakeOutput()] * 5)
 
     async def take_one():
+        streaming.ENGINE_CLOCK.set(StreamTiming(start=0.0))  # a unary request: the wrapped generator
         outputs = streaming.ClockedEngine(engine).generate("p", None, request_id="r")
         async for _ in outputs:
             break
