@@ -2,7 +2,9 @@
 
 Requests are parsed with vLLM's own protocol models and errors rendered by vLLM's own exception handlers, so a
 malformed body gets exactly the 400 `vllm serve` would give, before any engine sees it. `serving.ingress`
-serves each request; `serving.pools` answers for the pools.
+serves each generating request (chat, completions, responses, messages: all through P/D); routes that run no
+engine (tokenize, count_tokens, stored responses) are vLLM's own, over this replica's serving objects.
+`serving.pools` answers for the pools.
 """
 
 from __future__ import annotations
@@ -14,8 +16,14 @@ import os
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from vllm import __version__ as vllm_version
+from vllm.entrypoints.anthropic import api_router as anthropic_routes
+from vllm.entrypoints.anthropic.protocol import AnthropicMessagesRequest
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+from vllm.entrypoints.openai.responses import api_router as responses_routes
+from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
+from vllm.entrypoints.serve.tokenize.api_router import router as tokenize_router
 from vllm.entrypoints.serve.exception_handling.handlers.http import http_exception_handler
 from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
 from vllm.entrypoints.serve.utils.api_utils import validate_json_request
@@ -48,6 +56,11 @@ def build_api(server) -> FastAPI:
     app.state.api_keys = [key.strip() for key in keys.split(",") if key.strip()]
     app.state.max_body_bytes = config.router.max_body_bytes
     app.add_middleware(RequestGuard)
+    # vLLM's own routes read its serving objects from the app's state, as under `vllm serve`.
+    for name in ("serving_tokenization", "openai_serving_responses", "anthropic_serving_messages"):
+        setattr(app.state, name, getattr(server.state, name, None))
+    app.state.enable_server_load_tracking = False
+    app.include_router(tokenize_router)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(validate_json_request)])
     async def chat_completions(request: ChatCompletionRequest, raw_request: Request):
@@ -56,6 +69,25 @@ def build_api(server) -> FastAPI:
     @app.post("/v1/completions", dependencies=[Depends(validate_json_request)])
     async def completions(request: CompletionRequest, raw_request: Request):
         return await ingress.serve("completions", request, raw_request)
+
+    @app.post("/v1/responses", dependencies=[Depends(validate_json_request)])
+    async def responses(request: ResponsesRequest, raw_request: Request):
+        return await ingress.serve("responses", request, raw_request)
+
+    @app.post("/v1/messages", dependencies=[Depends(validate_json_request)])
+    async def messages(request: AnthropicMessagesRequest, raw_request: Request):
+        return await ingress.serve("messages", request, raw_request)
+
+    # Stored responses: vLLM keeps none unless VLLM_ENABLE_RESPONSES_API_STORE is set (pdserve: see
+    # `serving.ingress.refusal`), so these answer exactly as `vllm serve` does by default.
+    app.add_api_route("/v1/responses/{response_id}", responses_routes.retrieve_responses, methods=["GET"])
+    app.add_api_route("/v1/responses/{response_id}/cancel", responses_routes.cancel_responses, methods=["POST"])
+    app.add_api_route("/v1/messages/count_tokens", anthropic_routes.count_tokens, methods=["POST"],
+                      dependencies=[Depends(validate_json_request)])
+
+    @app.get("/version")
+    async def version():
+        return JSONResponse({"version": vllm_version})
 
     @app.get("/v1/models")
     async def models():

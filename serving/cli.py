@@ -31,7 +31,16 @@ def load_config(args: argparse.Namespace) -> PDServeConfig:
 def up(args: argparse.Namespace) -> int:
     from serving.local import run_local
 
-    return run_local(load_config(args), load=lambda: load_config(args))
+    from pydantic import ValidationError
+
+    from serving.config import ConfigError
+
+    try:
+        config = load_config(args)
+        return run_local(config, load=lambda: load_config(args))
+    except (ValidationError, ConfigError) as exc:  # a config mistake: its message, not a traceback
+        print(f"pdserve: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def parser() -> argparse.ArgumentParser:

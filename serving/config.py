@@ -20,11 +20,18 @@ Mode = Literal["disaggregated", "colocated"]
 Device = Literal["cpu", "cuda"]
 
 BUILTIN_MODEL = "builtin:smollm2-135m-instruct"
+BUILTIN_TOOL_PARSERS = {BUILTIN_MODEL: "hermes", "builtin:stand-in": "hermes"}
+"""SmolLM2 writes tool calls as Hermes-style `<tool_call>{json}</tool_call>` (the stand-in has its tokenizer)."""
 
 # Engine arguments that pdserve derives itself; setting them by hand would break the P/D pairing.
 RESERVED_ENGINE_ARGS = frozenset(
-    {"model", "served_model_name", "kv_transfer_config", "host", "port", "dtype", "max_model_len"}
+    {"model", "served_model_name", "kv_transfer_config", "host", "port", "dtype", "max_model_len",
+     "tool_call_parser", "enable_auto_tool_choice", "reasoning_parser", "chat_template"}
 )
+
+
+class ConfigError(ValueError):
+    """A configuration the engines would refuse, found before they start."""
 
 
 class StrictModel(BaseModel):
@@ -38,6 +45,29 @@ class ModelConfig(StrictModel):
     """The name clients pass as `model` and that `GET /v1/models` lists."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "bfloat16"
     max_model_len: int = Field(2048, ge=16)
+    # vLLM front-end flags. Both legs of a P/D request render it, so every pool gets the same ones (they are
+    # refused in a pool's engine_args) and the prompt's tokens, hence its KV, are the same on both.
+    tool_call_parser: str | None = None
+    """vLLM's `--tool-call-parser` (e.g. `hermes`, `llama3_json`). None: the built-in models' own (`hermes`), no
+    parser for other models; `none`: no parser. Checked against vLLM's registry when `pdserve up` starts."""
+    enable_auto_tool_choice: bool | None = None
+    """`--enable-auto-tool-choice` (`tool_choice: "auto"` parses tool calls out of the text). None: on whenever
+    a tool-call parser is set."""
+    reasoning_parser: str | None = None
+    """vLLM's `--reasoning-parser` (e.g. `deepseek_r1`, `qwen3`): reasoning goes to `reasoning_content`."""
+    chat_template: str | None = None
+    """vLLM's `--chat-template`: a Jinja file (a path the replicas can read) or the template itself."""
+
+    def frontend_args(self) -> dict[str, Any]:
+        """The vLLM front-end flags this model is served with."""
+        parser = self.tool_call_parser
+        if parser is None and self.source in BUILTIN_TOOL_PARSERS:
+            parser = BUILTIN_TOOL_PARSERS[self.source]
+        parser = None if parser == "none" else parser
+        auto = parser is not None if self.enable_auto_tool_choice is None else self.enable_auto_tool_choice
+        args: dict[str, Any] = {"tool_call_parser": parser, "enable_auto_tool_choice": auto or None,
+                                "reasoning_parser": self.reasoning_parser, "chat_template": self.chat_template}
+        return {key: value for key, value in args.items() if value is not None}
 
 
 class ResourcesConfig(StrictModel):
@@ -96,7 +126,8 @@ class PoolConfig(StrictModel):
         """Engine args that pdserve owns cannot be overridden per pool."""
         clash = sorted(RESERVED_ENGINE_ARGS & set(self.engine_args))
         if clash:
-            raise ValueError(f"engine_args may not set {clash}: pdserve derives them from model/kv_transfer")
+            raise ValueError(f"engine_args may not set {clash}: pdserve derives them from model/kv_transfer (set "
+                             "model.tool_call_parser & co there: every pool must render requests alike)")
         return self
 
 

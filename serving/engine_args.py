@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from serving.config import PDServeConfig, Role
+from serving.config import ConfigError, PDServeConfig, Role
 from serving.kv import kv_transfer_config
 
 # Defaults that suit a P/D pool; a pool's engine_args override them.
@@ -29,6 +29,7 @@ def engine_arg_values(config: PDServeConfig, role: Role, model_path: str) -> dic
         "max_model_len": config.model.max_model_len,
         **_POOL_DEFAULTS,
         **(_CPU_DEFAULTS if config.device == "cpu" else {}),
+        **config.model.frontend_args(),
         **pool.engine_args,
     }
     transfer = kv_transfer_config(config, role)
@@ -69,3 +70,22 @@ def parse_vllm_args(argv: list[str]):
         raise ValueError(f"engine_args: vLLM does not know {unknown}")
     validate_parsed_serve_args(args)
     return args
+
+
+def check_engine_args(config: PDServeConfig, model_path: str) -> None:
+    """Every pool's command line as its replica will parse it, and the parser names, checked now: a mistake
+    fails `pdserve up` at once with one line, not minutes later inside a replica."""
+    from vllm.reasoning.abs_reasoning_parsers import ReasoningParserManager
+    from vllm.tool_parsers.abstract_tool_parser import ToolParserManager
+
+    frontend = config.model.frontend_args()
+    for flag, registry in (("tool_call_parser", ToolParserManager), ("reasoning_parser", ReasoningParserManager)):
+        name = frontend.get(flag)
+        if name is not None and name not in registry.list_registered():
+            raise ConfigError(f"model.{flag}: vLLM has no parser {name!r}; it has: "
+                             f"{', '.join(sorted(registry.list_registered()))}")
+    for role in config.active_roles():
+        try:
+            parse_vllm_args(to_cli(engine_arg_values(config, role, model_path)))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{role}.engine_args: {exc}") from exc

@@ -19,7 +19,7 @@ from serving.guard import ARRIVED, error_response
 from serving.metrics import RouterMetrics, outcome_of
 from serving.orchestrator import Outcome
 from serving.protocol import Endpoint
-from serving.streaming import ENGINE_CLOCK, StreamTiming, metered
+from serving.streaming import ENGINE_CLOCK, StreamTiming, metered, usage_counts
 
 REQUEST_ID_HEADER = "X-Request-Id"
 
@@ -59,6 +59,20 @@ class Once:
             fn(*args)
 
 
+def refusal(endpoint: Endpoint, body: dict[str, Any]) -> JSONResponse | None:
+    """A 400 for what a client may not ask of a P/D server; None: the request may go on."""
+    if "kv_transfer_params" in body:
+        return error_response(400, "kv_transfer_params is set by the server between its prefill and decode "
+                              "engines, not by clients", "BadRequestError", "kv_transfer_params")
+    if endpoint == "responses" and body.get("previous_response_id"):
+        # Each replica would hold its own store, and a later turn may land on any replica; vLLM's store is off
+        # by default for the same reason (it is in-process and never evicted).
+        return error_response(400, "previous_response_id is not supported: pdserve stores no responses (as "
+                              "`vllm serve` without VLLM_ENABLE_RESPONSES_API_STORE); send the earlier turns in "
+                              "`input`", "BadRequestError", "previous_response_id")
+    return None
+
+
 def response_headers(outcome: Outcome, retry_after_s: int) -> dict[str, str]:
     headers = {"X-PDServe-Path": outcome.plan.path, "X-PDServe-Reason": outcome.plan.reason}
     if outcome.reply.status in (429, 503):
@@ -81,10 +95,11 @@ class Ingress:
         # The JSON FastAPI has already parsed and validated with vLLM's model (cached by Starlette): the prefill
         # leg receives it as sent, since a model_dump could hold lazy iterators that cannot be pickled.
         body = await raw.json()
-        if "kv_transfer_params" in body:
-            return error_response(400, "kv_transfer_params is set by the server between its prefill and decode "
-                                  "engines, not by clients", "BadRequestError", "kv_transfer_params")
-        body["request_id"] = raw.headers.get(REQUEST_ID_HEADER) or request.request_id or uuid.uuid4().hex
+        refused = refusal(endpoint, body)
+        if refused is not None:
+            return refused
+        body["request_id"] = (raw.headers.get(REQUEST_ID_HEADER) or getattr(request, "request_id", None)
+                              or uuid.uuid4().hex)
         if not await self.admission.enter():
             response = error_response(429, f"{self.server.role} replica is at capacity, retry later",
                                       "RateLimitError")
@@ -108,9 +123,8 @@ class Ingress:
             self._leave()
             if clock is not None and outcome.reply.status == 200:
                 clock.end = clock.last_token
-                usage = (outcome.reply.body or {}).get("usage") or {}
-                clock.prompt_tokens = usage.get("prompt_tokens", 0)
-                clock.completion_tokens = usage.get("completion_tokens", 0)
+                prompt, completion = usage_counts((outcome.reply.body or {}).get("usage") or {})
+                clock.prompt_tokens, clock.completion_tokens = prompt or 0, completion or 0
             self._record(endpoint, outcome, arrived, outcome.reply.status, outcome.reply.body, clock, streamed)
             return JSONResponse(outcome.reply.body, status_code=outcome.reply.status, headers=headers)
 
@@ -141,8 +155,7 @@ class Ingress:
         m.e2e.observe(time.perf_counter() - arrived, tags=tags)
         for stage, seconds in outcome.stages.items():
             m.stage.observe(seconds, tags={**tags, "stage": stage})
-        usage = (body or {}).get("usage") or {}
-        prompt, generated = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        prompt, generated = usage_counts((body or {}).get("usage") or {})
         if timing is not None:
             prompt, generated = timing.prompt_tokens, timing.completion_tokens or timing.chunks_with_text
             if timing.ttft is not None:

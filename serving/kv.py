@@ -12,18 +12,24 @@ import socket
 from typing import Any
 
 from serving.config import PDServeConfig, Role
+from serving.protocol import Endpoint
 from serving.vllm_cpu_plugin import SPIN_ENV
 
 KV_ROLE: dict[Role, str | None] = {"prefill": "kv_producer", "decode": "kv_consumer", "colocated": None}
 
-# Fields of the client's request that would make a one-token prefill fail validation or stream.
-_DROPPED_ON_PREFILL = ("stream_options", "min_tokens", "n", "best_of")
+# Fields of the client's request that would make a one-token prefill fail validation, stream, or keep state.
+_DROPPED_ON_PREFILL = ("stream_options", "min_tokens", "n", "best_of", "background")
 
 
-def prefill_request(body: dict[str, Any]) -> dict[str, Any]:
+def prefill_request(endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+    """The prefill leg's body: the same prompt (so both engines see the same tokens), one output token."""
     leg = {k: v for k, v in body.items() if k not in _DROPPED_ON_PREFILL}
     leg["stream"] = False
-    leg["max_tokens"] = 1
+    if endpoint == "responses":
+        leg["max_output_tokens"] = 1
+        leg["store"] = False  # the decode leg's reply is the response; the prefill leg's is thrown away
+    else:
+        leg["max_tokens"] = 1
     if "max_completion_tokens" in leg:
         leg["max_completion_tokens"] = 1
     leg["kv_transfer_params"] = {

@@ -210,9 +210,12 @@ def run_local(config: PDServeConfig, load: Callable[[], PDServeConfig] | None = 
     from ray.serve._private import api as serve_api  # what `serve deploy`/`serve run config.yaml` use
 
     from serving.app import APP_NAME
+    from serving.engine_args import check_engine_args
     from serving.model import resolve_model
 
-    resolve_model(config.model.source)  # convert the built-in model once, with progress, before Ray starts
+    # Convert the built-in model once, with progress, before Ray starts; then fail now on what the replicas
+    # would only find minutes later.
+    check_engine_args(config, resolve_model(config.model.source))
     # Every Ray process inherits this; each engine then binds its model threads to its own pool's cores.
     cores = config.stack_cores(os.sched_getaffinity(0))
     os.sched_setaffinity(0, cores)

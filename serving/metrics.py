@@ -7,7 +7,11 @@ docs/metrics.md.
 
 from __future__ import annotations
 
+from typing import get_args
+
 from ray.serve import metrics
+
+from serving.protocol import Endpoint
 
 # 5 ms .. 60 s, denser where interactive latencies live.
 LATENCY_BUCKETS = [0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0,
@@ -58,7 +62,7 @@ class RouterMetrics:
                 tags = self.tags(path, streamed)
                 exported_at_zero(self.prompt_tokens, tags)
                 exported_at_zero(self.generation_tokens, tags)
-                for endpoint in ("chat", "completions"):
+                for endpoint in get_args(Endpoint):
                     for outcome in OUTCOMES:
                         exported_at_zero(self.requests, {**tags, "endpoint": endpoint, "outcome": outcome})
 

@@ -60,8 +60,17 @@ class LocalEngine(Protocol):
                   raw_request: Any = None) -> tuple[LegReply, AsyncIterator[str] | None]: ...
 
 
-def plan_request(prefill_running: int | None, config: PDServeConfig) -> Plan:
-    """Disaggregate unless the prefill pool is known to be down (and may be skipped)."""
+def plan_request(prefill_running: int | None, config: PDServeConfig, request: Any = None) -> Plan:
+    """Disaggregate unless the request samples several answers, or the prefill pool is known to be down (and may
+    be skipped)."""
+    if (getattr(request, "n", 1) or 1) > 1 or (getattr(request, "best_of", 1) or 1) > 1:
+        # vLLM's parallel sampling forks one engine request per sample, and a prefill's KV blocks are handed to
+        # one remote request only: decode computes the prompt once and shares it between its samples.
+        return Plan("decode_only", "n > 1: the samples share a prompt computed on decode")
+    if wants_prompt_logprobs(request):
+        # vLLM skips every cached or imported block of such a request (`skip_reading_prefix_cache`): decode would
+        # recompute the prompt anyway, and a prefill leg would be work thrown away.
+        return Plan("decode_only", "prompt logprobs: computed where the prompt runs")
     pool_may_be_down = config.router.fallback_to_decode and config.prefill.replicas.min >= 1
     if pool_may_be_down and prefill_running == 0:
         # Its replica died and Serve is starting another: waiting would stall the request for an engine's
@@ -70,9 +79,21 @@ def plan_request(prefill_running: int | None, config: PDServeConfig) -> Plan:
     return Plan("disaggregated", "prefill pool available")
 
 
-def wants_usage(request: Any) -> tuple[bool, bool]:
-    """(ask the engine for a usage chunk, the client did not ask for it). Usage gives exact TPOT counts."""
-    if not getattr(request, "stream", False):
+def wants_prompt_logprobs(request: Any) -> bool:
+    """Whether vLLM will compute logprobs of the prompt: `prompt_logprobs`, or `echo` with (top) logprobs, as
+    the chat and completions models turn them into sampling params."""
+    if getattr(request, "prompt_logprobs", None) is not None:
+        return True
+    if not getattr(request, "echo", False):
+        return False
+    chat = hasattr(request, "top_logprobs")
+    return (request.top_logprobs if chat else getattr(request, "logprobs", None)) is not None
+
+
+def wants_usage(endpoint: Endpoint, request: Any) -> tuple[bool, bool]:
+    """(ask the engine for a usage chunk, the client did not ask for it). Usage gives exact TPOT counts; the
+    responses and messages streams always end with it."""
+    if endpoint not in ("chat", "completions") or not getattr(request, "stream", False):
         return False, False
     options = getattr(request, "stream_options", None)
     asked = bool(options is not None and options.include_usage)
@@ -92,13 +113,21 @@ def _leg_failure(leg: str, exc: BaseException) -> LegReply:
                        "ServiceUnavailableError", None)
 
 
-def _error_event(message: str, status: int, err_type: str) -> str:
-    return f"data: {json.dumps(error_body(message, status, err_type))}\n\n"
+def _error_events(endpoint: Endpoint, message: str, status: int, err_type: str) -> list[str]:
+    """The end of a broken stream in the endpoint's own stream format, so the client's SDK reports an error."""
+    if endpoint == "responses":  # the Responses API's `error` event
+        event = {"type": "error", "code": err_type, "message": message, "param": None, "sequence_number": 0}
+        return [f"event: error\ndata: {json.dumps(event)}\n\n"]
+    if endpoint == "messages":  # Anthropic's `error` event
+        event = {"type": "error", "error": {"type": err_type, "message": message}}
+        return [f"event: error\ndata: {json.dumps(event)}\n\n"]
+    return [f"data: {json.dumps(error_body(message, status, err_type))}\n\n", "data: [DONE]\n\n"]
 
 
-async def _guarded(stream: AsyncIterator[str], leg: str, first_chunk_timeout_s: float) -> AsyncIterator[str]:
+async def _guarded(stream: AsyncIterator[str], endpoint: Endpoint, leg: str,
+                   first_chunk_timeout_s: float) -> AsyncIterator[str]:
     """The engine's SSE lines. A stream whose first line does not come within the bound, or whose engine breaks
-    after lines went out, ends with an OpenAI error event: never a silent truncation."""
+    after lines went out, ends with an error event: never a silent truncation."""
     chunks = aiter(stream)
     try:
         yield await asyncio.wait_for(anext(chunks), first_chunk_timeout_s)
@@ -107,12 +136,14 @@ async def _guarded(stream: AsyncIterator[str], leg: str, first_chunk_timeout_s: 
     except StopAsyncIteration:
         return
     except asyncio.TimeoutError:
-        yield _error_event(f"{leg} produced no output within {first_chunk_timeout_s:g} s", 504, "TimeoutError")
-        yield "data: [DONE]\n\n"
+        for line in _error_events(endpoint, f"{leg} produced no output within {first_chunk_timeout_s:g} s", 504,
+                                  "TimeoutError"):
+            yield line
     except Exception as exc:
         log.warning("pdserve: %s stream broke: %r", leg, exc)
-        yield _error_event(f"{leg} failed mid-stream: {type(exc).__name__}", 500, "InternalServerError")
-        yield "data: [DONE]\n\n"
+        for line in _error_events(endpoint, f"{leg} failed mid-stream: {type(exc).__name__}", 500,
+                                  "InternalServerError"):
+            yield line
 
 
 class Orchestrator:
@@ -123,7 +154,7 @@ class Orchestrator:
                      kv_transfer_params: dict | None = None, kv_deadline: float | None = None) -> Outcome:
         """Hand the request to this replica's engine: a unary reply must finish within `request_timeout_s`, a
         stream must start within `decode_first_token_timeout_s`."""
-        include_usage, outcome.dropped_usage = wants_usage(request)
+        include_usage, outcome.dropped_usage = wants_usage(endpoint, request)
         outcome.decode_started = time.perf_counter()
         stream = bool(getattr(request, "stream", False))
         try:
@@ -135,7 +166,7 @@ class Orchestrator:
             reply, chunks = _leg_failure(self.role, exc), None
         outcome.reply, outcome.replicas[self.role] = reply, self.local.replica
         if chunks is not None:
-            outcome.stream = _guarded(chunks, self.role, self.router.decode_first_token_timeout_s)
+            outcome.stream = _guarded(chunks, endpoint, self.role, self.router.decode_first_token_timeout_s)
         return outcome
 
 
@@ -164,11 +195,7 @@ class DisaggregatedOrchestrator(Orchestrator):
 
     async def __call__(self, endpoint: Endpoint, request: Any, body: dict[str, Any],
                        raw_request: Any = None) -> Outcome:
-        if getattr(request, "n", 1) not in (None, 1):
-            reply = error_reply(NO_REPLICA, "n > 1 is not supported by disaggregated serving",
-                                HTTPStatus.BAD_REQUEST, "BadRequestError", "n")
-            return Outcome(reply)
-        plan = plan_request(self.running("prefill"), self.config)
+        plan = plan_request(self.running("prefill"), self.config, request)
         outcome = Outcome(LegReply(0, None, NO_REPLICA), replicas={"prefill": NO_REPLICA}, plan=plan)
         if plan.path == "decode_only":
             return await self._local(endpoint, request, outcome, raw_request)
@@ -195,7 +222,7 @@ class DisaggregatedOrchestrator(Orchestrator):
 
     async def _prefill(self, endpoint: Endpoint, body: dict[str, Any]) -> LegReply:
         try:
-            return await asyncio.wait_for(self.prefill.complete.remote(endpoint, prefill_request(body)),
+            return await asyncio.wait_for(self.prefill.complete.remote(endpoint, prefill_request(endpoint, body)),
                                           self.prefill_timeout_s())
         except Exception as exc:  # Ray actor death, cancellation by timeout, back-pressure
             return _leg_failure("prefill", exc)

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Literal
 
-Endpoint = Literal["chat", "completions"]
+Endpoint = Literal["chat", "completions", "responses", "messages"]
+"""The generating APIs, each served through P/D: OpenAI chat completions, completions and responses, and
+Anthropic-style messages."""
 
 
 @dataclass

@@ -71,11 +71,40 @@ def parse_sse_data(line: str) -> dict | None:
 
 
 def carries_text(event: dict) -> bool:
-    for choice in event.get("choices") or ():
-        delta = choice.get("delta")
-        if (delta and delta.get("content")) or choice.get("text"):
-            return True
+    """Whether one streamed event carries generated text (content, reasoning or tool-call arguments) in any of
+    the stream formats: chat and completions chunks, Responses API events, Anthropic-style message events."""
+    choices = event.get("choices")
+    if choices is not None:  # chat / completions: the per-token path, kept to a few lookups
+        for choice in choices:
+            delta = choice.get("delta")
+            if choice.get("text") or (delta and (delta.get("content") or delta.get("tool_calls")
+                                                 or delta.get("reasoning") or delta.get("reasoning_content"))):
+                return True
+        return False
+    kind = event.get("type") or ""
+    if kind.startswith("response.") and kind.endswith(".delta"):
+        return bool(event.get("delta"))
+    if kind == "content_block_delta":
+        delta = event.get("delta") or {}
+        return bool(delta.get("text") or delta.get("partial_json") or delta.get("thinking"))
     return False
+
+
+def event_usage(event: dict) -> dict | None:
+    """The usage object an event carries: a chat/completions usage chunk, the Responses API's final
+    `response.completed`, or an Anthropic-style `message_start` / `message_delta`."""
+    usage = event.get("usage")
+    if usage is not None or "choices" in event:
+        return usage
+    return (event.get("response") or {}).get("usage") or (event.get("message") or {}).get("usage")
+
+
+def usage_counts(usage: dict) -> tuple[int | None, int | None]:
+    """(prompt tokens, completion tokens) of an OpenAI (`prompt_tokens`) or Responses/Anthropic (`input_tokens`)
+    usage object; None where the object does not say."""
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    completion = usage.get("completion_tokens", usage.get("output_tokens"))
+    return prompt, completion
 
 
 def is_usage_only(event: dict) -> bool:
@@ -92,9 +121,11 @@ async def metered(chunks: AsyncIterator[str], timing: StreamTiming, *, drop_usag
             if event is not None:
                 if carries_text(event):
                     timing.token(time.perf_counter())
-                if event.get("usage"):
-                    timing.prompt_tokens = event["usage"].get("prompt_tokens", 0)
-                    timing.completion_tokens = event["usage"].get("completion_tokens", 0)
+                usage = event_usage(event)
+                if usage:
+                    prompt, completion = usage_counts(usage)
+                    timing.prompt_tokens = timing.prompt_tokens if prompt is None else prompt
+                    timing.completion_tokens = timing.completion_tokens if completion is None else completion
                 if drop_usage and is_usage_only(event):
                     continue
             yield chunk

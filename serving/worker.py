@@ -47,10 +47,36 @@ def validation_reply(replica: str, exc: ValidationError) -> LegReply:
 
 
 def request_model(endpoint: Endpoint):
-    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    """vLLM's own request model of each endpoint (what `vllm serve` validates a body with)."""
+    if endpoint == "chat":
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest as model
+    elif endpoint == "completions":
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest as model
+    elif endpoint == "responses":
+        from vllm.entrypoints.openai.responses.protocol import ResponsesRequest as model
+    else:
+        from vllm.entrypoints.anthropic.protocol import AnthropicMessagesRequest as model
+    return model
 
-    return ChatCompletionRequest if endpoint == "chat" else CompletionRequest
+
+async def responses_sse(events: AsyncIterator[Any]) -> AsyncIterator[str]:
+    """vLLM's Responses API events as the SSE lines `vllm serve` sends (named events)."""
+    async for event in events:
+        yield f"event: {getattr(event, 'type', 'unknown')}\ndata: {event.model_dump_json(by_alias=True)}\n\n"
+
+
+def reply_json(endpoint: Endpoint, reply: BaseModel) -> dict[str, Any]:
+    """A reply as the JSON `vllm serve`'s route for the endpoint sends it (Responses items use aliases)."""
+    if endpoint == "responses":
+        return reply.model_dump(mode="json", by_alias=True)
+    if endpoint == "messages":
+        return reply.model_dump(exclude_none=True)
+    return reply.model_dump()
+
+
+def anthropic_error(body: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's error object in the Anthropic shape that `vllm serve` answers /v1/messages with."""
+    return {"type": "error", "error": {"type": body["error"]["type"], "message": body["error"]["message"]}}
 
 
 class LLMServer:
@@ -127,17 +153,27 @@ class LLMServer:
                 include_usage=True, continuous_usage_stats=bool(options and options.continuous_usage_stats))
         request = request.model_copy(update=update)
         try:
-            if endpoint == "chat":
-                result = await self.state.openai_serving_chat.create_chat_completion(request, raw_request)
-            else:
-                result = await self.state.openai_serving_completion.create_completion(request, raw_request)
+            result = await self._serve(endpoint, request, raw_request)
         except Exception as exc:  # vLLM raises its validation errors (VLLMValidationError & co) from here
             result = create_error_response(exc)
         if isinstance(result, ErrorResponse):
-            return LegReply(result.error.code, result.model_dump(), self.replica), None
+            body = result.model_dump()
+            return LegReply(result.error.code, anthropic_error(body) if endpoint == "messages" else body,
+                            self.replica), None
         if isinstance(result, BaseModel):
-            return LegReply(200, result.model_dump(), self.replica), None
-        return LegReply(200, None, self.replica), result
+            return LegReply(200, reply_json(endpoint, result), self.replica), None
+        return LegReply(200, None, self.replica), responses_sse(result) if endpoint == "responses" else result
+
+    async def _serve(self, endpoint: Endpoint, request: Any, raw_request: Any) -> Any:
+        """vLLM's serving layer for the endpoint: an ErrorResponse, a response model, or a stream."""
+        state = self.state
+        if endpoint == "chat":
+            return await state.openai_serving_chat.create_chat_completion(request, raw_request)
+        if endpoint == "completions":
+            return await state.openai_serving_completion.create_completion(request, raw_request)
+        if endpoint == "responses":
+            return await state.openai_serving_responses.create_responses(request, raw_request)
+        return await state.anthropic_serving_messages.create_messages(request, raw_request)
 
     def _fresh(self, params: dict | None, deadline: float | None, request: Any) -> dict | None:
         if params is None:

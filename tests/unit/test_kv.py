@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from serving.config import PDServeConfig
 from serving.kv import kv_pull_deadline, kv_transfer_config, prefill_request, replica_env
 
@@ -8,7 +10,7 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream":
 
 
 def test_prefill_leg_is_one_unstreamed_token_that_keeps_its_kv():
-    leg = prefill_request(BODY)
+    leg = prefill_request("chat", BODY)
     assert leg["stream"] is False and leg["max_tokens"] == 1
     assert "stream_options" not in leg and "min_tokens" not in leg
     assert leg["kv_transfer_params"]["do_remote_decode"] is True
@@ -18,7 +20,40 @@ def test_prefill_leg_is_one_unstreamed_token_that_keeps_its_kv():
 
 
 def test_prefill_leg_caps_max_completion_tokens_too():
-    assert prefill_request({**BODY, "max_completion_tokens": 40})["max_completion_tokens"] == 1
+    assert prefill_request("chat", {**BODY, "max_completion_tokens": 40})["max_completion_tokens"] == 1
+
+
+RESPONSES_BODY = {"model": "m", "input": "hi", "stream": True, "max_output_tokens": 50, "store": True,
+                  "background": False, "temperature": 0.3}
+MESSAGES_BODY = {"model": "m", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "hi"}],
+                 "temperature": 0.3}
+
+
+def test_responses_prefill_leg_is_one_unstreamed_unstored_output_token():
+    leg = prefill_request("responses", RESPONSES_BODY)
+    assert leg["stream"] is False and leg["max_output_tokens"] == 1 and leg["store"] is False
+    assert "max_tokens" not in leg and "background" not in leg
+    assert leg["kv_transfer_params"]["do_remote_decode"] is True
+    assert leg["input"] == "hi" and leg["temperature"] == 0.3
+
+
+def test_messages_prefill_leg_is_one_unstreamed_token():
+    leg = prefill_request("messages", MESSAGES_BODY)
+    assert leg["stream"] is False and leg["max_tokens"] == 1
+    assert leg["kv_transfer_params"]["do_remote_decode"] is True and leg["messages"] == MESSAGES_BODY["messages"]
+
+
+@pytest.mark.parametrize("endpoint,body", [("chat", BODY), ("completions", {"model": "m", "prompt": "hi",
+                                                                             "max_tokens": 9, "n": 1}),
+                                           ("responses", RESPONSES_BODY), ("messages", MESSAGES_BODY)])
+def test_every_prefill_leg_is_a_valid_vllm_request_for_one_token(endpoint, body):
+    """The leg must pass vLLM's own validation of the endpoint and ask the engine for exactly one token."""
+    pytest.importorskip("vllm")
+    from serving.worker import request_model
+
+    leg = request_model(endpoint).model_validate(prefill_request(endpoint, body))
+    assert leg.kv_transfer_params["do_remote_decode"] is True
+    assert (leg.max_output_tokens if endpoint == "responses" else leg.max_tokens) == 1
 
 
 def test_kv_roles_and_cpu_connector_module():

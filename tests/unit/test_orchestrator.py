@@ -133,11 +133,22 @@ def test_without_fallback_a_failed_prefill_fails_the_request():
     assert run(orchestrator).reply.status == 503 and engine.runs == []
 
 
-def test_n_above_one_is_refused_before_any_leg_runs():
+@pytest.mark.parametrize("fields,reason", [({"n": 2}, "n > 1"), ({"best_of": 3}, "n > 1"),
+                                           ({"prompt_logprobs": 0}, "prompt logprobs"),
+                                           ({"echo": True, "logprobs": 2}, "prompt logprobs"),
+                                           ({"echo": True, "top_logprobs": 0}, "prompt logprobs")])
+def test_requests_that_cannot_use_imported_kv_are_served_by_decode_alone_with_the_reason(fields, reason):
     orchestrator, prefill, engine = make(running=1)
-    outcome = run(orchestrator, request(n=2))
-    assert outcome.reply.status == 400 and outcome.reply.body["error"]["param"] == "n"
-    assert prefill.calls == [] and engine.runs == []
+    outcome = run(orchestrator, request(**fields))
+    assert outcome.plan.path == "decode_only" and outcome.plan.reason.startswith(reason)
+    assert outcome.reply.status == 200 and prefill.calls == [] and engine.runs[0]["params"] is None
+
+
+@pytest.mark.parametrize("fields", [{"echo": True}, {"logprobs": 2}, {"echo": True, "top_logprobs": None,
+                                                                      "logprobs": True}])
+def test_echo_or_logprobs_alone_still_disaggregate(fields):
+    orchestrator, prefill, _ = make(running=1)
+    assert run(orchestrator, request(**fields)).plan.path == "disaggregated" and len(prefill.calls) == 1
 
 
 def test_a_stream_asks_the_engine_for_usage_and_says_whether_the_client_did():
@@ -180,3 +191,36 @@ def test_a_stream_with_no_first_chunk_in_time_ends_with_a_504_event():
     outcome = asyncio.run(ColocatedOrchestrator(FakeEngine(chunks), config)("chat", request(stream=True), BODY))
     lines = drain(outcome)
     assert json.loads(lines[0][6:])["error"]["code"] == 504 and lines[-1] == "data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("endpoint", ["responses", "messages"])
+def test_a_broken_responses_or_messages_stream_ends_with_that_api_error_event(endpoint):
+    chunks = lambda: _chunks(["event: x\ndata: {}\n\n"], then_raise=RuntimeError("engine died"))  # noqa: E731
+    config = PDServeConfig().with_overrides(mode="colocated")
+    outcome = asyncio.run(ColocatedOrchestrator(FakeEngine(chunks), config)(endpoint, request(stream=True), BODY))
+    lines = drain(outcome)
+    assert len(lines) == 2 and lines[-1].startswith("event: error\ndata: ")
+    event = json.loads(lines[-1].split("data: ", 1)[1])
+    assert event["type"] == "error"
+    message = event["message"] if endpoint == "responses" else event["error"]["message"]
+    assert message == "colocated failed mid-stream: RuntimeError"
+
+
+@pytest.mark.parametrize("endpoint,fields,expected", [
+    ("chat", {}, False), ("chat", {"logprobs": True, "top_logprobs": 2}, False), ("chat", {"echo": True}, True),
+    ("chat", {"prompt_logprobs": 1}, True), ("completions", {"echo": True}, False),
+    ("completions", {"logprobs": 2}, False), ("completions", {"echo": True, "logprobs": 2}, True)])
+def test_prompt_logprobs_are_detected_as_vllm_turns_the_request_into_sampling_params(endpoint, fields, expected):
+    """Against vLLM's own request models: whatever makes their sampling params carry prompt_logprobs (which
+    makes vLLM skip imported KV) is what sends a request to decode alone."""
+    pytest.importorskip("vllm")
+    from serving.orchestrator import wants_prompt_logprobs
+    from serving.worker import request_model
+
+    base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]} if endpoint == "chat" else {
+        "model": "m", "prompt": "hi"}
+    parsed = request_model(endpoint).model_validate({**base, **fields})
+    assert wants_prompt_logprobs(parsed) is expected
+    params = parsed.to_sampling_params(8, {}) if endpoint == "completions" else None
+    if params is not None:
+        assert (params.prompt_logprobs is not None) is expected

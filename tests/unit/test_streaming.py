@@ -162,3 +162,42 @@ def test_a_consumer_that_stops_early_closes_the_engine_generator_at_once():
         return engine.closed
 
     assert asyncio.run(take_one()) is True
+
+
+def named(event: dict) -> str:
+    return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+
+
+def test_responses_events_are_timed_and_counted_like_chat_chunks(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(streaming.time, "perf_counter", clock)
+    created = named({"type": "response.created", "response": {"usage": None}})
+    delta = [named({"type": "response.output_text.delta", "delta": t}) for t in ("a", "b", "c")]
+    completed = named({"type": "response.completed",
+                       "response": {"usage": {"input_tokens": 9, "output_tokens": 3, "total_tokens": 12}}})
+    out, timing, _ = run([(0.1, created), (0.05, delta[0]), (0.02, delta[1]), (0.02, delta[2]),
+                          (0.01, completed)], clock, drop_usage=False)
+    assert len(out) == 5 and abs(timing.ttft - 0.15) < 1e-9
+    assert (timing.prompt_tokens, timing.completion_tokens) == (9, 3)
+    assert abs(timing.tpot - 0.025) < 1e-9
+
+
+def test_messages_events_are_timed_and_counted_from_start_and_delta_usage(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(streaming.time, "perf_counter", clock)
+    start = named({"type": "message_start", "message": {"usage": {"input_tokens": 11, "output_tokens": 0}}})
+    block = named({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+    deltas = [named({"type": "content_block_delta", "delta": {"type": "text_delta", "text": t}}) for t in "ab"]
+    tool = named({"type": "content_block_delta", "delta": {"type": "input_json_delta", "partial_json": "{"}})
+    end = named({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}})
+    _, timing, _ = run([(0.2, start), (0, block), (0.1, deltas[0]), (0.1, deltas[1]), (0.1, tool), (0, end)],
+                       clock, drop_usage=False)
+    assert abs(timing.ttft - 0.3) < 1e-9 and timing.chunks_with_text == 3
+    assert (timing.prompt_tokens, timing.completion_tokens) == (11, 3)
+
+
+def test_chat_tool_call_and_reasoning_deltas_count_as_tokens():
+    tool = sse({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{"}}]}}]})
+    reasoning = sse({"choices": [{"delta": {"reasoning_content": "hm"}}]})
+    _, timing, _ = run([(0, ROLE), (0, reasoning), (0, tool)], Clock(), drop_usage=False)
+    assert timing.chunks_with_text == 2
