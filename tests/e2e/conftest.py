@@ -1,7 +1,8 @@
 """Real stacks for the end-to-end tests, started at most once per session.
 
 Two groups share the machine's 24 GiB in turn: `main` (the P/D stack and a colocated stack for comparison,
-started side by side) and `autoscale` (a P/D stack whose pools scale between 0 and 2 replicas). Asking for a
+started side by side, and bare vLLM beside them once a test asks for it) and `autoscale` (a P/D stack whose
+pools scale between 0 and 2 replicas). Asking for a
 stack of the other group stops the running group first; every stop must be clean (exit 0, no process left).
 """
 
@@ -30,6 +31,8 @@ GROUPS = {
              "colocated": (("--config", EXACT_CONFIG, "--mode", "colocated"), {})},
     "autoscale": {"autoscale": (("--config", AUTOSCALE_CONFIG), {"PDSERVE_API_KEYS": f"other-key,{API_KEY}"})},
 }
+BARE = "bare"
+"""Bare vLLM on the built-in model (`stack.start_bare`): joins the main group when a test first asks for it."""
 
 
 class StackManager:
@@ -40,6 +43,12 @@ class StackManager:
         self.problems: list[str] = []
 
     def get(self, name: str) -> stack_lib.Stack:
+        if name == BARE:
+            self.get("pd")
+            if BARE not in self.running:
+                self.running[BARE] = stack_lib.start_bare(BARE, free_port(), self.log_dir)
+                stack_lib.wait_ready(self.running[BARE])
+            return self.running[BARE]
         group = next(g for g, members in GROUPS.items() if name in members)
         if group != self.group:
             self.stop_all()
@@ -87,6 +96,11 @@ def pd_stack(stacks):
 @pytest.fixture
 def colocated_stack(stacks):
     return stacks.get("colocated")
+
+
+@pytest.fixture
+def bare_stack(stacks):
+    return stacks.get(BARE)
 
 
 @pytest.fixture

@@ -66,12 +66,35 @@ def start(name: str, port: int, metrics_port: int, log_dir: Path, *extra: str,
     return Stack(name, port, metrics_port, log_path, proc)
 
 
+BARE_VLLM_FLAGS = ("--dtype", "float32", "--max-model-len", "2048", "--enforce-eager",
+                   "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+"""`vllm serve` as a user would start it on the built-in model with the flags of configs/cpu-exact.yaml (float32,
+the built-in model's tool-call parser), for answers to compare pdserve's with."""
+
+
+def start_bare(name: str, port: int, log_dir: Path, threads_bind: str = "1") -> Stack:
+    """A bare vLLM server (`python -m vllm.entrypoints.openai.api_server`), its model bound to the same single
+    core as a cpu-exact engine so that temperature-0 answers reduce in the same order."""
+    from serving.config import BUILTIN_MODEL, PDServeConfig
+    from serving.model import resolve_model
+
+    served = PDServeConfig().model.served_name
+    log_path = log_dir / f"{name}.log"
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(BUILTIN_MODEL),
+           "--served-model-name", served, "--host", "127.0.0.1", "--port", str(port), *BARE_VLLM_FLAGS]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+           "VLLM_CPU_OMP_THREADS_BIND": threads_bind}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return Stack(name, port, 0, log_path, proc)
+
+
 def wait_ready(stack: Stack) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if stack.proc.poll() is not None:
             raise RuntimeError(f"{stack.name}: pdserve up exited with {stack.proc.returncode}\n{stack.log_tail()}")
-        if "pdserve: ready" in stack.log_path.read_text(errors="replace"):
+        if stack.metrics_port == 0 or "pdserve: ready" in stack.log_path.read_text(errors="replace"):
             try:
                 if httpx.get(f"{stack.base_url}/health", timeout=10).status_code == 200:
                     stack.descendants = {p.pid for p in psutil.Process(stack.proc.pid).children(recursive=True)}
