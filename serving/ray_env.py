@@ -6,6 +6,8 @@ its modules are imported, so this module imports no Ray.
 
 from __future__ import annotations
 
+import math
+
 from serving.config import PDServeConfig
 
 
@@ -25,4 +27,11 @@ def serve_env(config: PDServeConfig) -> dict[str, str]:
     }
     if config.router.direct_ingress:
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        # Serve reloads HAProxy whenever replicas change; the old HAProxy process keeps the connections it holds
+        # and closes them at `hard-stop-after` (Serve: 120 s). A request waiting for a replica that takes longer
+        # to start (a reload on a loaded host: 142 s measured), or a long stream, was cut there: let the old
+        # process live as long as any of our requests may.
+        router = config.router
+        longest = max(router.request_timeout_s, router.drain_timeout_s, router.scale_from_zero_timeout_s)
+        env["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"] = str(math.ceil(longest))
     return env

@@ -32,7 +32,8 @@ GROUPS = {
     "autoscale": {"autoscale": (("--config", AUTOSCALE_CONFIG), {"PDSERVE_API_KEYS": f"other-key,{API_KEY}"})},
 }
 BARE = "bare"
-"""Bare vLLM on the built-in model (`stack.start_bare`): joins the main group when a test first asks for it."""
+"""Bare vLLM on the built-in model (`stack.start_bare`): joins the main group when a test first asks for it;
+the module that asks stops it when done, so the other tests run beside the same stacks as always."""
 
 
 class StackManager:
@@ -60,6 +61,15 @@ class StackManager:
                 stack_lib.wait_ready(stack)
         return self.running[name]
 
+    def stop(self, name: str) -> None:
+        """Stop one running stack (cleanly, or it is reported at the end of the session)."""
+        stack = self.running.pop(name, None)
+        if stack is not None:
+            code = stack_lib.stop(stack)
+            left = stack_lib.survivors(stack)
+            if code != 0 or left:
+                self.problems.append(f"{stack.name}: exit {code}, left running: {left}\n{stack.log_tail(20)}")
+
     def _own_config(self, member: str, args: tuple[str, ...]) -> tuple[str, ...]:
         """Each stack reads a copy of its config file, which a test may edit and reload (SIGHUP)."""
         args = list(args)
@@ -70,12 +80,9 @@ class StackManager:
         return tuple(args)
 
     def stop_all(self) -> None:
-        for stack in self.running.values():
-            code = stack_lib.stop(stack)
-            left = stack_lib.survivors(stack)
-            if code != 0 or left:
-                self.problems.append(f"{stack.name}: exit {code}, left running: {left}\n{stack.log_tail(20)}")
-        self.running, self.group = {}, None
+        for name in list(self.running):
+            self.stop(name)
+        self.group = None
 
 
 @pytest.fixture(scope="session")

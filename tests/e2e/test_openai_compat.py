@@ -201,7 +201,8 @@ MATRIX: dict[str, dict[str, Cell]] = {}
 
 @pytest.fixture(scope="module")
 def servers(stacks):
-    return {"bare": stacks.get("bare"), "colocated": stacks.get("colocated"), "pd": stacks.get("pd")}
+    yield {"bare": stacks.get("bare"), "colocated": stacks.get("colocated"), "pd": stacks.get("pd")}
+    stacks.stop("bare")
 
 
 def clients(stack) -> Clients:

@@ -51,3 +51,15 @@ def test_the_ingress_mode_cannot_change_while_the_node_runs():
     # HAProxy (direct ingress) or Serve's proxy is chosen when Ray starts (serving.ray_env).
     refusal = reload_refusal(RUNNING, NODE, RUNNING.with_overrides(**{"router.direct_ingress": False}))
     assert "router.direct_ingress" in refusal
+
+
+def test_haproxy_keeps_a_reloaded_out_process_as_long_as_any_request_may_last():
+    """Serve's 120 s `hard-stop-after` cut a request that waited for a replica during a reload (CI, 142 s)."""
+    from serving.ray_env import serve_env
+
+    env = serve_env(PDServeConfig())
+    assert env["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"] == "600"  # request_timeout_s, scale_from_zero_timeout_s
+    longer = PDServeConfig().with_overrides(**{"router.drain_timeout_s": 900.5})
+    assert serve_env(longer)["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"] == "901"
+    assert "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S" not in serve_env(
+        PDServeConfig().with_overrides(**{"router.direct_ingress": False}))
