@@ -18,11 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from vllm import __version__ as vllm_version
 from vllm.entrypoints.anthropic import api_router as anthropic_routes
-from vllm.entrypoints.anthropic.protocol import AnthropicMessagesRequest
-from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.entrypoints.openai.responses import api_router as responses_routes
-from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 from vllm.entrypoints.serve.tokenize.api_router import router as tokenize_router
 from vllm.entrypoints.serve.exception_handling.handlers.http import http_exception_handler
 from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
@@ -32,6 +28,24 @@ from serving.guard import RequestGuard
 from serving.ingress import Ingress
 from serving.orchestrator import ColocatedOrchestrator, DisaggregatedOrchestrator
 from serving.pools import HEALTHY_STATES, PoolView
+from serving.protocol import Endpoint
+from serving.worker import request_model
+
+
+GENERATING_ROUTES: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions",
+                                          "responses": "/v1/responses", "messages": "/v1/messages"}
+
+
+def generating_route(ingress: Ingress, endpoint: Endpoint):
+    """The route of one generating endpoint: the body parsed with vLLM's model of it, then the ingress."""
+
+    async def route(request, raw_request: Request):
+        return await ingress.serve(endpoint, request, raw_request)
+
+    # FastAPI reads the model to parse the body with from the annotation (a class, not a string, here).
+    route.__annotations__ = {"request": request_model(endpoint), "raw_request": Request}
+    route.__name__ = endpoint
+    return route
 
 
 def build_api(server) -> FastAPI:
@@ -62,21 +76,9 @@ def build_api(server) -> FastAPI:
     app.state.enable_server_load_tracking = False
     app.include_router(tokenize_router)
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(validate_json_request)])
-    async def chat_completions(request: ChatCompletionRequest, raw_request: Request):
-        return await ingress.serve("chat", request, raw_request)
-
-    @app.post("/v1/completions", dependencies=[Depends(validate_json_request)])
-    async def completions(request: CompletionRequest, raw_request: Request):
-        return await ingress.serve("completions", request, raw_request)
-
-    @app.post("/v1/responses", dependencies=[Depends(validate_json_request)])
-    async def responses(request: ResponsesRequest, raw_request: Request):
-        return await ingress.serve("responses", request, raw_request)
-
-    @app.post("/v1/messages", dependencies=[Depends(validate_json_request)])
-    async def messages(request: AnthropicMessagesRequest, raw_request: Request):
-        return await ingress.serve("messages", request, raw_request)
+    for endpoint, path in GENERATING_ROUTES.items():
+        app.add_api_route(path, generating_route(ingress, endpoint), methods=["POST"],
+                          dependencies=[Depends(validate_json_request)])
 
     # Stored responses: vLLM keeps none unless VLLM_ENABLE_RESPONSES_API_STORE is set (pdserve: see
     # `serving.ingress.refusal`), so these answer exactly as `vllm serve` does by default.
