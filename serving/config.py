@@ -26,7 +26,8 @@ BUILTIN_TOOL_PARSERS = {BUILTIN_MODEL: "hermes", "builtin:stand-in": "hermes"}
 # Engine arguments that pdserve derives itself; setting them by hand would break the P/D pairing.
 RESERVED_ENGINE_ARGS = frozenset(
     {"model", "served_model_name", "kv_transfer_config", "host", "port", "dtype", "max_model_len",
-     "tool_call_parser", "enable_auto_tool_choice", "reasoning_parser", "chat_template"}
+     "tool_call_parser", "enable_auto_tool_choice", "reasoning_parser", "chat_template",
+     "default_chat_template_kwargs"}
 )
 
 
@@ -57,6 +58,9 @@ class ModelConfig(StrictModel):
     """vLLM's `--reasoning-parser` (e.g. `deepseek_r1`, `qwen3`): reasoning goes to `reasoning_content`."""
     chat_template: str | None = None
     """vLLM's `--chat-template`: a Jinja file (a path the replicas can read) or the template itself."""
+    default_chat_template_kwargs: dict[str, Any] | None = None
+    """vLLM's `--default-chat-template-kwargs`, e.g. `{enable_thinking: false}`: reasoning off unless a request
+    asks for it (`reasoning_effort`, `reasoning.effort`, `chat_template_kwargs`)."""
 
     def frontend_args(self) -> dict[str, Any]:
         """The vLLM front-end flags this model is served with."""
@@ -66,7 +70,8 @@ class ModelConfig(StrictModel):
         parser = None if parser == "none" else parser
         auto = parser is not None if self.enable_auto_tool_choice is None else self.enable_auto_tool_choice
         args: dict[str, Any] = {"tool_call_parser": parser, "enable_auto_tool_choice": auto or None,
-                                "reasoning_parser": self.reasoning_parser, "chat_template": self.chat_template}
+                                "reasoning_parser": self.reasoning_parser, "chat_template": self.chat_template,
+                                "default_chat_template_kwargs": self.default_chat_template_kwargs}
         return {key: value for key, value in args.items() if value is not None}
 
 

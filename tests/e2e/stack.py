@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import psutil
@@ -208,3 +209,28 @@ def kill_tree(pid: int, timeout_s: float = 60) -> list[int]:
     gone, alive = psutil.wait_procs(processes, timeout=timeout_s)
     assert not alive, f"still alive after SIGKILL: {alive}"
     return [p.pid for p in gone]
+
+
+Handoff = Literal["kv", "decode_only", "no_engine"]
+
+
+def handoff_seen(stack, before: dict, handoff: Handoff, timeout_s: float = 30) -> str | None:
+    """None if the P/D stack's engine counters show `handoff` for the call just made, else what they show.
+    vLLM's stat loggers report a step after the output: poll until decode counts the request as finished."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        after = stack.stats()
+        d = {role: {k: after[role][k] - before[role][k] for k in ("finished_requests", "kv_transfers",
+                                                                  "kv_transfer_failures", "prompt_tokens_computed")}
+             for role in ("prefill", "decode")}
+        if d["decode"]["finished_requests"] >= 1 or handoff == "no_engine" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if handoff == "kv":
+        ok = (d["decode"]["kv_transfers"] >= 1 and d["decode"]["kv_transfer_failures"] == 0
+              and d["decode"]["prompt_tokens_computed"] == 0 and d["prefill"]["finished_requests"] >= 1)
+    elif handoff == "decode_only":
+        ok = d["prefill"]["finished_requests"] == 0 and d["decode"]["finished_requests"] >= 1
+    else:
+        ok = d["prefill"]["finished_requests"] == 0 and d["decode"]["finished_requests"] == 0
+    return None if ok else f"expected {handoff}, engine counters moved by {d}"

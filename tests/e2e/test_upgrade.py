@@ -2,7 +2,9 @@
 
 `pdserve up` redeploys on SIGHUP as a RayService does on a `serveConfigV2` change (a Serve rolling update in the
 running cluster): each replica it stops first drains its in-flight requests; requests that arrive meanwhile
-wait for the new replicas. Runs last in the `main` group: it replaces every replica of the P/D stack.
+wait for the new replicas. The reload turns on what operators turn on this way: a reasoning parser (off unless a
+request asks for reasoning); the second test checks it through P/D. Runs last in the `main` group: it replaces
+every replica of the P/D stack.
 """
 
 from __future__ import annotations
@@ -17,16 +19,27 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import openai
 import pytest
 import yaml
 
 from serving.local import wait_healthy
+from tests.e2e.stack import handoff_seen
 
 pytestmark = pytest.mark.e2e
 
 MODEL = "SmolLM2-135M-Instruct"
 STREAM_TOKENS = 150
 RELOAD_WITHIN_S = 900
+# vLLM's qwen3 reasoning parser, as Qwen3 users run it: reasoning only when a request asks (`reasoning_effort`).
+REASONING = {"reasoning_parser": "qwen3", "default_chat_template_kwargs": {"enable_thinking": False}}
+# Shown twice how, SmolLM2 (no reasoning model) answers `<thoughts></think><answer>`, which that parser splits.
+THINK_SHOTS = [{"role": "system", "content": f"[{uuid.uuid4().hex[:8]}] Close your thoughts with </think>, then answer."},
+               {"role": "user", "content": "What is 2+2?"},
+               {"role": "assistant", "content": "Two plus two is four.</think>4"},
+               {"role": "user", "content": "What is 3+3?"},
+               {"role": "assistant", "content": "Three plus three is six.</think>6"},
+               {"role": "user", "content": "What is 1+1?"}]
 
 
 def stream_to_the_end(stack, started: list[int], i: int) -> tuple[int, int, bool]:
@@ -58,16 +71,33 @@ def complete(stack, prompt: str) -> httpx.Response:
         "model": MODEL, "prompt": prompt, "max_tokens": 8, "temperature": 0, "ignore_eos": True})
 
 
+def reloads_done(stack) -> int:
+    return stack.log_path.read_text(errors="replace").count("pdserve: reloaded")
+
+
+def reload_with_reasoning(stack) -> dict:
+    """The stack's config with a changed environment for both engines (so Serve must replace every replica)
+    and the reasoning parser on; written for the next SIGHUP."""
+    config = yaml.safe_load(stack.config_path.read_text())
+    revision = uuid.uuid4().hex[:8]
+    for role in ("prefill", "decode"):
+        config[role].setdefault("env", {})["PDSERVE_TEST_REVISION"] = revision
+    config["model"].update(REASONING)
+    stack.config_path.write_text(yaml.safe_dump(config))
+    return config
+
+
+def wait_reloaded(stack, done_before: int, sent: float) -> None:
+    while reloads_done(stack) <= done_before:
+        assert time.monotonic() < sent + RELOAD_WITHIN_S, stack.log_tail()
+        assert stack.proc.poll() is None, stack.log_tail()
+        time.sleep(2)
+
+
 def test_a_reload_while_serving_loses_no_request(pd_stack):
     wait_healthy(pd_stack.base_url, 300)
     before = pd_stack.stats()
     answer_before = complete(pd_stack, "The capital of France is").json()["choices"][0]["text"]
-
-    # A changed environment for both engines: Serve must replace every replica; the outputs must not change.
-    config = yaml.safe_load(pd_stack.config_path.read_text())
-    revision = uuid.uuid4().hex[:8]
-    for role in ("prefill", "decode"):
-        config[role].setdefault("env", {})["PDSERVE_TEST_REVISION"] = revision
 
     reloaded = threading.Event()
     steady: list[httpx.Response] = []
@@ -84,14 +114,10 @@ def test_a_reload_while_serving_loses_no_request(pd_stack):
             time.sleep(0.2)
         assert len(started) == len(streams), "the streams did not start"
         sender = pool.submit(keep_sending)
-        pd_stack.config_path.write_text(yaml.safe_dump(config))
-        reload_sent = time.monotonic()
+        reload_with_reasoning(pd_stack)
+        done_before, reload_sent = reloads_done(pd_stack), time.monotonic()
         os.kill(pd_stack.proc.pid, signal.SIGHUP)
-        deadline = reload_sent + RELOAD_WITHIN_S
-        while "pdserve: reloaded" not in pd_stack.log_path.read_text(errors="replace"):
-            assert time.monotonic() < deadline, pd_stack.log_tail()
-            assert pd_stack.proc.poll() is None, pd_stack.log_tail()
-            time.sleep(2)
+        wait_reloaded(pd_stack, done_before, reload_sent)
         reload_s = time.monotonic() - reload_sent
         reloaded.set()
         results = [s.result() for s in streams]
@@ -114,3 +140,52 @@ def test_a_reload_while_serving_loses_no_request(pd_stack):
     print(f"reload with every replica replaced in {reload_s:.0f} s: {len(streams)} streams in flight finished "
           f"({STREAM_TOKENS} tokens each), {len(steady)}/{len(steady)} requests sent during the reload succeeded, "
           f"by path: {dict(paths)}; disaggregated again after it")
+
+
+def test_a_reasoning_parser_turned_on_by_reload_splits_the_answer_through_pd(pd_stack, colocated_stack):
+    """Reasoning content through P/D, streamed and not, chat and responses: the parser's split of decode's
+    answer, joined again, is exactly what the same model writes with no parser (the colocated stack, which
+    answers token for token as P/D does), and decode took the prompt's KV over NIXL."""
+    if yaml.safe_load(pd_stack.config_path.read_text())["model"].get("reasoning_parser") is None:
+        reload_with_reasoning(pd_stack)  # this test alone: the reload the test above makes
+        done_before, sent = reloads_done(pd_stack), time.monotonic()
+        os.kill(pd_stack.proc.pid, signal.SIGHUP)
+        wait_reloaded(pd_stack, done_before, sent)
+    raw = chat(colocated_stack).content
+    assert "</think>" in raw, f"the model did not write the separator this test needs: {raw!r}"
+    thoughts, answer = raw.split("</think>", 1)
+
+    message = chat(pd_stack)  # no reasoning asked for: the default keeps the parser off
+    assert (message.content, getattr(message, "reasoning", None)) == (raw, None)
+
+    client = openai.OpenAI(base_url=pd_stack.api_url, api_key="unused", max_retries=0, timeout=300)
+
+    def streamed() -> tuple[str, str]:
+        reasoning, content = "", ""
+        for chunk in client.chat.completions.create(model=MODEL, messages=THINK_SHOTS, max_tokens=24, temperature=0,
+                                                    reasoning_effort="low", stream=True):
+            delta = chunk.choices[0].delta if chunk.choices else None
+            reasoning += getattr(delta, "reasoning", None) or ""
+            content += getattr(delta, "content", None) or ""
+        return reasoning, content
+
+    def responses() -> tuple[str, str]:
+        reply = client.responses.create(model=MODEL, input=THINK_SHOTS, max_output_tokens=24, temperature=0,
+                                        reasoning={"effort": "low"})
+        return ("".join(part.text for item in reply.output if item.type == "reasoning" for part in item.content or ()),
+                reply.output_text)
+
+    def unary() -> tuple[str, str]:
+        message = chat(pd_stack, reasoning_effort="low")
+        return getattr(message, "reasoning", None), message.content
+
+    for name, call in (("chat", unary), ("chat, stream", streamed), ("responses", responses)):
+        before = pd_stack.stats()
+        assert call() == (thoughts, answer), name
+        assert handoff_seen(pd_stack, before, "kv") is None, name
+
+
+def chat(stack, **kw):
+    client = openai.OpenAI(base_url=stack.api_url, api_key="unused", max_retries=0, timeout=300)
+    return client.chat.completions.create(model=MODEL, messages=THINK_SHOTS, max_tokens=24, temperature=0,
+                                          **kw).choices[0].message

@@ -66,6 +66,18 @@ def test_an_unknown_parser_name_fails_the_check_naming_the_field(field):
         check_engine_args(PDServeConfig().with_overrides(**{f"model.{field}": "no-such-parser"}), "/models/x")
 
 
+def test_model_front_end_flags_reach_every_pool_as_vllm_serve_parses_them():
+    pytest.importorskip("vllm")
+    from serving.engine_args import engine_arg_values, parse_vllm_args, to_cli
+
+    config = PDServeConfig.model_validate({"model": {
+        "reasoning_parser": "qwen3", "default_chat_template_kwargs": {"enable_thinking": False}}})
+    for role in ("prefill", "decode"):
+        args = parse_vllm_args(to_cli(engine_arg_values(config, role, "/models/x")))
+        assert (args.reasoning_parser, args.default_chat_template_kwargs) == ("qwen3", {"enable_thinking": False})
+        assert (args.tool_call_parser, args.enable_auto_tool_choice) == ("hermes", True)  # the built-in model's
+
+
 def test_a_bad_engine_arg_fails_the_check_naming_its_pool():
     pytest.importorskip("vllm")
     from serving.config import ConfigError
