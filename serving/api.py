@@ -23,7 +23,9 @@ from vllm.entrypoints.serve.tokenize.api_router import router as tokenize_router
 from vllm.entrypoints.serve.exception_handling.handlers.http import http_exception_handler
 from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
 from vllm.entrypoints.serve.utils.api_utils import validate_json_request
+from vllm.exceptions import VLLMValidationError
 
+from serving.body_checks import body_problem
 from serving.guard import RequestGuard
 from serving.ingress import Ingress
 from serving.orchestrator import ColocatedOrchestrator, DisaggregatedOrchestrator
@@ -46,6 +48,29 @@ def generating_route(ingress: Ingress, endpoint: Endpoint):
     route.__annotations__ = {"request": request_model(endpoint), "raw_request": Request}
     route.__name__ = endpoint
     return route
+
+
+def body_check(endpoint: Endpoint):
+    """A dependency of the route: FastAPI runs it before the body is parsed with vLLM's model, so what that model
+    lets through or crashes on (serving.body_checks) is answered first, as a 400 naming the field."""
+    model = request_model(endpoint)
+
+    async def check(raw_request: Request) -> None:
+        try:
+            body = await raw_request.json()  # parsed once: Starlette keeps it for the route
+        except ValueError:
+            return  # not JSON: FastAPI's own parse answers it
+        problem = body_problem(endpoint, model, body)
+        if problem is not None:
+            raise VLLMValidationError(problem.message, parameter=problem.param)
+
+    return check
+
+
+def add_generating_routes(app: FastAPI, ingress: Ingress) -> None:
+    for endpoint, path in GENERATING_ROUTES.items():
+        app.add_api_route(path, generating_route(ingress, endpoint), methods=["POST"],
+                          dependencies=[Depends(validate_json_request), Depends(body_check(endpoint))])
 
 
 def build_api(server) -> FastAPI:
@@ -76,9 +101,7 @@ def build_api(server) -> FastAPI:
     app.state.enable_server_load_tracking = False
     app.include_router(tokenize_router)
 
-    for endpoint, path in GENERATING_ROUTES.items():
-        app.add_api_route(path, generating_route(ingress, endpoint), methods=["POST"],
-                          dependencies=[Depends(validate_json_request)])
+    add_generating_routes(app, ingress)
 
     # Stored responses: vLLM keeps none unless VLLM_ENABLE_RESPONSES_API_STORE is set (pdserve: see
     # `serving.ingress.refusal`), so these answer exactly as `vllm serve` does by default.

@@ -1,4 +1,5 @@
-"""The generating routes parse each body with vLLM's model of its endpoint and answer vLLM's 400 when it fails."""
+"""The generating routes parse each body with vLLM's model of its endpoint and answer a 400 when it fails: vLLM's,
+or pdserve's own where vLLM's model lets a body through or crashes on it (serving.body_checks)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from fastapi import Depends, FastAPI  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from vllm.entrypoints.serve.exception_handling.register import init_exception_handler  # noqa: E402
-from vllm.entrypoints.serve.utils.api_utils import validate_json_request  # noqa: E402
 
-from serving.api import GENERATING_ROUTES, generating_route  # noqa: E402
+from serving.api import add_generating_routes  # noqa: E402
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -29,9 +29,7 @@ def client():
     app = FastAPI()
     init_exception_handler(app)
     app.state.args = argparse.Namespace(log_error_stack=False)
-    for endpoint, path in GENERATING_ROUTES.items():
-        app.add_api_route(path, generating_route(EchoIngress(), endpoint), methods=["POST"],
-                          dependencies=[Depends(validate_json_request)])
+    add_generating_routes(app, EchoIngress())
     return TestClient(app)
 
 
@@ -49,3 +47,17 @@ def test_each_route_hands_the_ingress_its_endpoint_and_vllm_model(client, path, 
 def test_a_body_vllm_rejects_never_reaches_the_ingress(client, path, body, param):
     response = client.post(path, json=body)
     assert response.status_code == 400 and response.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user"}]}, "messages[0].content"),
+    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "assistant", "tool_calls": [
+        {"id": "a", "type": "function"}]}]}, "messages[0].tool_calls[0].function"),
+    # vLLM's own validator calls .get on it: a 500 under `vllm serve`
+    ("/v1/chat/completions", {"model": "m", "messages": HI, "structured_outputs": "x"}, "structured_outputs"),
+    ("/v1/completions", {"model": "m", "prompt": "x", "structured_outputs": "x"}, "structured_outputs"),
+])
+def test_what_vllm_lets_through_or_crashes_on_is_a_400_naming_the_field(client, path, body, param):
+    response = client.post(path, json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
