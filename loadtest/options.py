@@ -39,8 +39,8 @@ OPTIONS: tuple[Option, ...] = (
     _opt("--model", default=None, help="model name (default: the first of GET /v1/models)"),
     _opt("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY, else none)"),
     _opt("--tokenizer", default="auto",
-         help="HF folder or hub id used to build prompts of exact token lengths; 'auto' = the built-in model's "
-              "for pdserve's default model, else the model id; 'none' = estimate (1 token per word)"),
+         help="how prompts of exact token lengths are counted: 'auto' = the server's /tokenize (vLLM, pdserve), "
+              "else the model id's tokenizer; an HF folder or hub id; 'none' = estimate (1 token per word)"),
     _opt("--prompt-tokens", type=int, default=128, help="prompt length of steady/step/bursty requests"),
     _opt("--output-tokens", type=int, default=32, help="output length of steady/step/bursty requests"),
     _opt("--no-ignore-eos", action="store_true", default=False,

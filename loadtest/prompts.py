@@ -3,8 +3,12 @@
 A prompt is a run of common English words, each of which the tokenizer keeps as one token (with or without a
 leading space), so lengths add up word by word; the builder then measures the real count - through the chat
 template for chat requests, with the tokenizer's special tokens for completions - and corrects the word count
-until it matches. Without a tokenizer (`--tokenizer none`, or a model whose tokenizer cannot be loaded) the
-count is an estimate of one token per word, chat template not counted, and records say `prompt_exact: false`.
+until it matches. By default (`--tokenizer auto`) the server counts: vLLM's `/tokenize` (pdserve serves it too)
+runs the server's own tokenizer and chat template, so the load test needs no model files and imports nothing of
+the server. It is asked only before the run starts (which words are single tokens, what the template adds, and
+a check that lengths add up), never while requests are measured. A server without `/tokenize` falls back to the
+model's Hugging Face tokenizer; without either (`--tokenizer none`, or nothing loads) the count is an estimate
+of one token per word, chat template not counted, and records say `prompt_exact: false`.
 
 Shared prefixes: each Mooncake hash id becomes a fixed run of words seeded by the id, so equal ids give equal
 text and equal tokens; the rest of a prompt is seeded per request, so unrelated prompts diverge at once.
@@ -20,7 +24,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-BUILTIN_SERVED_NAME = "SmolLM2-135M-Instruct"
+ENDPOINTS = ("chat", "completions")
 
 COMMON_WORDS = tuple("""
 the of and to in is was for that with as on by at from his her they this have had not are but which one were
@@ -67,6 +71,20 @@ class PromptBuilder:
 
         return cls(single_token_words(tokenizer) or COMMON_WORDS, count, exact=True)
 
+    @classmethod
+    def from_server(cls, server: ServerTokenizer, endpoint: str) -> PromptBuilder:
+        """Counted by the server before the run; while it runs, a prompt's count is its words plus what the
+        template adds, which the server confirmed adds up (else every count asks the server, said loudly)."""
+        words = server.single_token_words()
+        overhead = server.count(endpoint, words[0]) - 1
+        rng = random.Random("additivity")
+        samples = [" ".join(rng.choices(words, k=n)) for n in (48, 300)]
+        if all(server.count(endpoint, text) == len(text.split()) + overhead for text in samples):
+            return cls(words, lambda text: len(text.split()) + overhead, exact=True)
+        log.warning("token counts of %s prompts do not add up word by word: each prompt is counted by the "
+                    "server's /tokenize while the test runs", endpoint)
+        return cls(words, lambda text: server.count(endpoint, text), exact=True)
+
     def block_words(self, hash_id: int, block_tokens: int) -> list[str]:
         return random.Random(f"block:{hash_id}").choices(self.words, k=block_tokens)
 
@@ -98,22 +116,55 @@ def single_token_words(tokenizer: Any, words: Sequence[str] = COMMON_WORDS) -> l
     return [w for w in words if one(w) and one(" " + w)]
 
 
-def load_tokenizer(spec: str, model: str) -> Any | None:
-    """The tokenizer named by --tokenizer; None means estimate. `auto` knows pdserve's built-in model."""
+class ServerTokenizer:
+    """Token counts from the server's `/tokenize`: its own tokenizer and chat template."""
+
+    def __init__(self, http: Any, root_url: str, model: str, headers: dict[str, str]) -> None:
+        self.http, self.url, self.model, self.headers = http, root_url.rstrip("/") + "/tokenize", model, headers
+        self._words: list[str] | None = None
+
+    def count(self, endpoint: str, text: str, add_special_tokens: bool | None = None) -> int:
+        body: dict[str, Any] = ({"messages": [{"role": "user", "content": text}], "add_generation_prompt": True}
+                                if endpoint == "chat" else {"prompt": text})
+        if add_special_tokens is not None:
+            body["add_special_tokens"] = add_special_tokens
+        response = self.http.post(self.url, json={"model": self.model, **body}, headers=self.headers, timeout=30)
+        response.raise_for_status()
+        return int(response.json()["count"])
+
+    def single_token_words(self, words: Sequence[str] = COMMON_WORDS) -> list[str]:
+        if self._words is None:
+            def one(text: str) -> bool:
+                return self.count("completions", text, add_special_tokens=False) == 1
+
+            self._words = [w for w in words if one(w) and one(" " + w)] or list(words)
+        return self._words
+
+
+def prompt_builders(spec: str, model: str, server: ServerTokenizer) -> dict[str, PromptBuilder]:
+    """One builder per endpoint from --tokenizer: `auto` (the server's /tokenize, else the model's tokenizer),
+    a Hugging Face folder or hub id, or `none` (estimate)."""
+    if spec == "auto":
+        try:
+            return {endpoint: PromptBuilder.from_server(server, endpoint) for endpoint in ENDPOINTS}
+        except Exception as exc:  # no /tokenize (not vLLM), or it refused: try the model's own tokenizer
+            log.info("the server does not count tokens (%s: %s); loading %r's tokenizer", type(exc).__name__,
+                     exc, model)
+        spec = model
+    tokenizer = load_tokenizer(spec)
+    return {endpoint: PromptBuilder.from_tokenizer(tokenizer, endpoint) if tokenizer is not None
+            else PromptBuilder.estimate() for endpoint in ENDPOINTS}
+
+
+def load_tokenizer(spec: str) -> Any | None:
+    """A Hugging Face tokenizer (folder or hub id); None means estimate."""
     if spec == "none":
         return None
     try:
         from transformers import AutoTokenizer
 
-        if spec != "auto":
-            return AutoTokenizer.from_pretrained(spec)
-        if model == BUILTIN_SERVED_NAME:
-            from serving.config import BUILTIN_MODEL
-            from serving.model import resolve_model
-
-            return AutoTokenizer.from_pretrained(resolve_model(BUILTIN_MODEL, progress=log.info))
-        return AutoTokenizer.from_pretrained(model)
+        return AutoTokenizer.from_pretrained(spec)
     except Exception as exc:  # no transformers, no such folder, no hub: fall back to the estimate, loudly
-        log.warning("tokenizer %r for model %r unavailable (%s: %s); prompt lengths are estimates "
-                    "(1 token per word)", spec, model, type(exc).__name__, exc)
+        log.warning("tokenizer %r unavailable (%s: %s); prompt lengths are estimates (1 token per word)", spec,
+                    type(exc).__name__, exc)
         return None

@@ -21,9 +21,9 @@ import gevent
 import httpx
 from gevent.pool import Pool
 
-from loadtest.client import RequestSpec, StreamClient, api_base, fetch_model
+from loadtest.client import RequestSpec, StreamClient, api_base, auth_headers, fetch_model
 from loadtest.options import LoadTestSettings
-from loadtest.prompts import PromptBuilder, load_tokenizer
+from loadtest.prompts import PromptBuilder, ServerTokenizer, prompt_builders
 from loadtest.records import RecordWriter, RequestRecord
 from loadtest.replicas import replica_counts
 from loadtest.report import SLO, percentile, render_markdown, summarize, write_report
@@ -107,9 +107,8 @@ class RunContext:
             model = settings.model or fetch_model(http, api_base(host), settings.api_key)
         except (httpx.HTTPError, RuntimeError) as exc:
             raise SystemExit(f"loadtest: cannot list models at {api_base(host)}/models ({exc}); pass --model")
-        tokenizer = load_tokenizer(settings.tokenizer, model)
-        builders = {endpoint: PromptBuilder.from_tokenizer(tokenizer, endpoint) if tokenizer is not None
-                    else PromptBuilder.estimate() for endpoint in ("chat", "completions")}
+        server = ServerTokenizer(http, api_base(host).removesuffix("/v1"), model, auth_headers(settings.api_key))
+        builders = prompt_builders(settings.tokenizer, model, server)
         ctx = cls(settings, host, model, builders, on_record, user_count, http)
         if settings.shape == "trace":
             ctx.prepare_replay()

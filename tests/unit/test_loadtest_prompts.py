@@ -104,3 +104,93 @@ def test_builtin_model_tokenizer_lengths_are_exact(endpoint):
         else:
             counted = len(tokenizer(prompt.text)["input_ids"])
         assert prompt.tokens == counted == tokens
+
+
+class TokenizeServer:
+    """What vLLM's /tokenize answers, over WordTokenizer (BOS with special tokens, a chat template of 15 tokens),
+    with every request counted; `split_after` makes counts stop adding up word by word past that many words."""
+
+    def __init__(self, split_after: int | None = None):
+        self.calls = 0
+        self.split_after = split_after
+
+    def post(self, url, json, headers, timeout):
+        import httpx
+
+        self.calls += 1
+        assert url == "http://server:8000/tokenize" and json["model"] == "m" and headers == {"Authorization": "x"}
+        tokenizer = WordTokenizer()
+        if "messages" in json:
+            text = tokenizer.apply_chat_template(json["messages"], add_generation_prompt=json["add_generation_prompt"])
+            count = len(tokenizer(text, add_special_tokens=json.get("add_special_tokens", False))["input_ids"])
+        else:
+            count = len(tokenizer(json["prompt"], add_special_tokens=json.get("add_special_tokens", True))["input_ids"])
+        if self.split_after is not None and count > self.split_after:
+            count += 1
+        return httpx.Response(200, json={"count": count}, request=httpx.Request("POST", url))
+
+
+def server_tokenizer(fake):
+    from loadtest.prompts import ServerTokenizer
+
+    return ServerTokenizer(fake, "http://server:8000/", "m", {"Authorization": "x"})
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_the_server_counts_before_the_run_and_never_during_it(endpoint):
+    fake = TokenizeServer()
+    builder = PromptBuilder.from_server(server_tokenizer(fake), endpoint)
+    assert "giraffe" not in builder.words and builder.exact
+    before = fake.calls
+    tokenizer = WordTokenizer()
+    for tokens in (20, 64, 500):
+        prompt = builder.build(tokens, seed=tokens, prefix_blocks=(1,), block_tokens=8)
+        if endpoint == "chat":
+            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt.text}], add_generation_prompt=True)
+            counted = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        else:
+            counted = len(tokenizer(prompt.text)["input_ids"])
+        assert prompt.tokens == counted == tokens
+    assert fake.calls == before
+
+
+def test_counts_that_do_not_add_up_are_asked_of_the_server_for_each_prompt():
+    fake = TokenizeServer(split_after=100)
+    builder = PromptBuilder.from_server(server_tokenizer(fake), "completions")
+    before = fake.calls
+    prompt = builder.build(200, seed=1)
+    assert fake.calls > before and prompt.exact and abs(prompt.tokens - 200) <= 1
+
+
+def test_without_tokenize_on_the_server_the_models_tokenizer_then_the_estimate_is_used():
+    import httpx
+
+    from loadtest.prompts import prompt_builders
+
+    class NoTokenize:
+        def post(self, url, **kw):
+            return httpx.Response(404, json={"detail": "Not Found"}, request=httpx.Request("POST", url))
+
+    builders = prompt_builders("auto", "/no/such/model/folder", server_tokenizer(NoTokenize()))
+    assert {name: b.exact for name, b in builders.items()} == {"chat": False, "completions": False}
+
+
+def test_the_load_test_imports_nothing_of_the_server():
+    """Not even for pdserve's own model name (it used to import serving.model to find the built-in tokenizer,
+    which could start a model conversion on the client's machine)."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import sys, httpx, loadtest.run, loadtest.locustfile
+from loadtest.prompts import ServerTokenizer, prompt_builders
+class NoTokenize:
+    def post(self, url, **kw):
+        return httpx.Response(404, request=httpx.Request("POST", url))
+prompt_builders("auto", "SmolLM2-135M-Instruct", ServerTokenizer(NoTokenize(), "http://server:8000", "m", {}))
+sys.exit(1 if [m for m in sys.modules if m == "serving" or m.startswith("serving.")] else 0)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
