@@ -37,7 +37,7 @@ def up(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(args)
-        return run_local(config, load=lambda: load_config(args))
+        return run_local(config, load=lambda: load_config(args), verbose=args.verbose)
     except (ValidationError, ConfigError) as exc:  # a config mistake: its message, not a traceback
         print(f"pdserve: error: {exc}", file=sys.stderr)
         return 2
@@ -53,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="HTTP host (default 127.0.0.1)")
     run.add_argument("--metrics-port", type=int, help="Prometheus export port (default 8080)")
     run.add_argument("--model", help="model.source: builtin:<name>, a local HF folder or a hub id")
+    run.add_argument("--verbose", action="store_true",
+                     help="print every replica's output (Ray, vLLM) here, not only a line per start-up stage")
     run.set_defaults(func=up)
     add_loadtest_parser(sub)
     add_kube_parsers(sub)

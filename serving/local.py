@@ -199,8 +199,9 @@ def local_env(config: PDServeConfig) -> dict[str, str]:
     return env
 
 
-def run_local(config: PDServeConfig, load: Callable[[], PDServeConfig] | None = None) -> int:
-    """Serve until SIGINT/SIGTERM; on SIGHUP, `load()` the config again and redeploy it (see `reload_app`)."""
+def run_local(config: PDServeConfig, load: Callable[[], PDServeConfig] | None = None, verbose: bool = False) -> int:
+    """Serve until SIGINT/SIGTERM; on SIGHUP, `load()` the config again and redeploy it (see `reload_app`).
+    Replicas' output goes to a log file, with a line per pool and start-up stage here; `verbose` prints it all."""
     import os
 
     # Read by Ray's processes when they start, and by Serve's modules when they are imported: set it first.
@@ -209,9 +210,10 @@ def run_local(config: PDServeConfig, load: Callable[[], PDServeConfig] | None = 
     from ray import serve
     from ray.serve._private import api as serve_api  # what `serve deploy`/`serve run config.yaml` use
 
-    from serving.app import APP_NAME
+    from serving.app import APP_NAME, DEPLOYMENT_NAMES
     from serving.engine_args import check_engine_args
-    from serving.model import resolve_model
+    from serving.model import cache_dir, resolve_model
+    from serving.startup_progress import ReplicaLogs, StartupProgress, take_over_ray_output
 
     # Convert the built-in model once, with progress, before Ray starts; then fail now on what the replicas
     # would only find minutes later.
@@ -228,6 +230,13 @@ def run_local(config: PDServeConfig, load: Callable[[], PDServeConfig] | None = 
         _metrics_export_port=config.router.metrics_port,
         logging_level="WARNING",
     )
+    logs = None
+    if not verbose:
+        roles = {f"ServeReplica:{APP_NAME}:{DEPLOYMENT_NAMES[role]}": role for role in config.active_roles()}
+        path = cache_dir() / "logs" / f"up-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        logs = ReplicaLogs(path, StartupProgress(roles, out=lambda line: print(line, flush=True)))
+        take_over_ray_output(logs)
+        print(f"pdserve: logs     {path}  (pdserve up --verbose prints them here)", flush=True)
     signals = Signals()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signals.on_signal)
@@ -259,11 +268,17 @@ def run_local(config: PDServeConfig, load: Callable[[], PDServeConfig] | None = 
                     print(f"pdserve: reload refused, still serving the previous config: {exc}", flush=True)
                     continue
                 config = reload_app(client, config, (num_cpus, resources), new, signals)
+    except BaseException:
+        if logs is not None:
+            print(f"pdserve: the replicas' output is in {logs.path}", flush=True)
+        raise
     finally:
         print("pdserve: shutting down ...", flush=True)
         try:
             serve.shutdown()
         finally:
             ray.shutdown()
+            if logs is not None:
+                logs.close()
         print("pdserve: stopped", flush=True)
     return 0

@@ -27,9 +27,12 @@ AUTOSCALE_CONFIG = "configs/cpu-autoscale.yaml"
 API_KEY = stack_lib.API_KEY
 # group -> stack name -> (pdserve up arguments, extra environment)
 GROUPS = {
-    "main": {"pd": (("--config", EXACT_CONFIG), {}),
+    # --verbose: every replica's output in the stack's log, for a failing test to show; the colocated stack
+    # starts as a user's first `pdserve up` does (tests/e2e/test_openai_api.py checks its display).
+    "main": {"pd": (("--config", EXACT_CONFIG, "--verbose"), {}),
              "colocated": (("--config", EXACT_CONFIG, "--mode", "colocated"), {})},
-    "autoscale": {"autoscale": (("--config", AUTOSCALE_CONFIG), {"PDSERVE_API_KEYS": f"other-key,{API_KEY}"})},
+    "autoscale": {"autoscale": (("--config", AUTOSCALE_CONFIG, "--verbose"),
+                                {"PDSERVE_API_KEYS": f"other-key,{API_KEY}"})},
 }
 BARE = "bare"
 """Bare vLLM on the built-in model (`stack.start_bare`): joins the main group when a test first asks for it;

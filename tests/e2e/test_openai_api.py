@@ -109,6 +109,25 @@ def test_cli_printed_the_api_and_metrics_urls(pd_stack):
     assert metrics.status_code == 200 and "ray_" in metrics.text
 
 
+def test_pdserve_up_prints_a_line_per_stage_and_logs_the_rest_to_a_file(colocated_stack):
+    """The colocated stack runs without --verbose, as a user's first `pdserve up` does."""
+    import re
+    from pathlib import Path
+
+    console = colocated_stack.log_path.read_text(errors="replace").splitlines()
+    ready = next(i for i, line in enumerate(console) if line.startswith("pdserve: ready"))
+    assert not [line for line in console[:ready] if "ServeReplica:" in line or "pid=" in line], console[:ready]
+    stages = [re.sub(r"  \(\d+ s\)$", "", line) for line in console[:ready]
+              if line.startswith("pdserve: colocated ")]
+    assert [re.sub(r"[\d.,]+", "N", s.split(maxsplit=2)[2]) for s in stages] == [
+        "engine starting", "loading weights", "weights loaded in N s", "KV cache: N tokens",
+        "engine ready in N s, joining the service"], stages
+    assert ready < 40, console[:ready]
+    path = Path(next(line for line in console if line.startswith("pdserve: logs")).split()[2])
+    logged = path.read_text()
+    assert "(ServeReplica:pdserve:ColocatedServer pid=" in logged and "Loading weights took" in logged
+
+
 def test_chat_with_content_parts(client, model_name):
     """The SDK's list-of-parts message content (typed as an iterable in vLLM's protocol) crosses both legs."""
     reply = client.chat.completions.create(
