@@ -199,6 +199,23 @@ def local_env(config: PDServeConfig) -> dict[str, str]:
     return env
 
 
+def check_ports_free(config: PDServeConfig) -> None:
+    """The API and metrics ports, bound for a moment now: taken, they would fail deep inside HAProxy or Ray's
+    metrics agent after the model has loaded, with nothing that says which port or what to pass."""
+    import socket
+
+    from serving.config import ConfigError
+
+    for field, flag, host, port in (("router.port", "--port", config.router.host, config.router.port),
+                                    ("router.metrics_port", "--metrics-port", "0.0.0.0", config.router.metrics_port)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise ConfigError(f"{field}: {host}:{port} is not free ({exc.strerror}); another server runs "
+                                  f"there: stop it, or pass {flag} with a free port") from exc
+
+
 def run_local(config: PDServeConfig, load: Callable[[], PDServeConfig] | None = None, verbose: bool = False) -> int:
     """Serve until SIGINT/SIGTERM; on SIGHUP, `load()` the config again and redeploy it (see `reload_app`).
     Replicas' output goes to a log file, with a line per pool and start-up stage here; `verbose` prints it all."""
@@ -217,6 +234,7 @@ def run_local(config: PDServeConfig, load: Callable[[], PDServeConfig] | None = 
 
     # Convert the built-in model once, with progress, before Ray starts; then fail now on what the replicas
     # would only find minutes later.
+    check_ports_free(config)
     check_engine_args(config, resolve_model(config.model.source))
     # Every Ray process inherits this; each engine then binds its model threads to its own pool's cores.
     cores = config.stack_cores(os.sched_getaffinity(0))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from serving.app import replica_options
 from serving.config import PDServeConfig
 from serving.local import cluster_resources, deploy_config, reload_refusal
@@ -63,3 +65,19 @@ def test_haproxy_keeps_a_reloaded_out_process_as_long_as_any_request_may_last():
     assert serve_env(longer)["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"] == "901"
     assert "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S" not in serve_env(
         PDServeConfig().with_overrides(**{"router.direct_ingress": False}))
+
+
+def test_a_taken_port_stops_pdserve_up_at_once_naming_the_flag():
+    import socket
+
+    from serving.config import ConfigError
+    from serving.local import check_ports_free
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = PDServeConfig().with_overrides(**{"router.port": port})
+        with pytest.raises(ConfigError, match=rf"router.port: 127.0.0.1:{port} is not free .*pass --port"):
+            check_ports_free(config)
+    check_ports_free(config)  # free again
