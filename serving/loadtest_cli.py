@@ -2,12 +2,14 @@
 
 The load test's options are defined once in `loadtest/options.py` and passed through to Locust; the output
 folder gets records.jsonl, report.{md,json}, the PNG plots and Locust's own locust.html / locust_*.csv.
-The load test lives beside this package in the source checkout (`loadtest/`), not in the installed wheel.
+The load test is the `loadtest` package (in the wheel beside `serving`; Locust and matplotlib are the `loadtest`
+extra), so the command works from an installed wheel as from a source checkout.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shlex
 import signal
@@ -15,8 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-LOCUSTFILE = REPO_ROOT / "loadtest" / "locustfile.py"
+_LOADTEST = importlib.util.find_spec("loadtest")
+LOCUSTFILE = Path(_LOADTEST.origin).parent / "locustfile.py" if _LOADTEST and _LOADTEST.origin else Path("-")
 
 EPILOG = """examples:
   pdserve loadtest --shape steady -u 2 --duration 60s --out results/
@@ -28,8 +30,6 @@ EPILOG = """examples:
 
 
 def _options_module():
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     from loadtest import options
 
     return options
@@ -64,11 +64,14 @@ def locust_argv(args: argparse.Namespace) -> list[str]:
 
 def run_loadtest(args: argparse.Namespace) -> int:
     if not LOCUSTFILE.exists():
-        print(f"pdserve loadtest: {LOCUSTFILE} not found; it runs from a source checkout", file=sys.stderr)
+        print("pdserve loadtest: the loadtest package is not installed (pip install 'pdserve[loadtest]')",
+              file=sys.stderr)
         return 2
     argv = locust_argv(args)
     print("pdserve: " + shlex.join(argv), flush=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    # Locust imports the locustfile by path; its package's folder on the path lets it import `loadtest.*` too.
+    root = str(LOCUSTFILE.parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen(argv, env=env)
     # Ctrl-C reaches Locust too (same process group): it stops, writes its reports, and we wait for that.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)

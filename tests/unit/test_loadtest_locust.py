@@ -71,3 +71,34 @@ def test_trace_replay_is_open_loop_and_ends_by_itself(tmp_path):
     assert all(abs(r.offset_s - r.scheduled_s) < 0.5 for r in records)
     assert {(r.expected_prompt_tokens, r.completion_tokens) for r in records} == {(20, 4)}
     assert "x2" in (out / "report.md").read_text()
+
+
+def test_pdserve_loadtest_runs_from_the_built_wheel_outside_a_checkout(tmp_path):
+    """What `pip install pdserve[loadtest]` gives: the wheel built from this tree, installed apart, run from a
+    folder with no checkout in it (its imports must come from the installed files)."""
+    import shutil
+
+    src, dist, site, elsewhere = (tmp_path / name for name in ("src", "dist", "site", "elsewhere"))
+    elsewhere.mkdir()
+    src.mkdir()
+    # A clean copy of the sources: an in-tree build/ left by an earlier build would hide a missing package.
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("serving", "loadtest"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(dist), str(src)], check=True, capture_output=True, timeout=300)
+    wheel = next(dist.glob("pdserve-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
+                    str(wheel)], check=True, capture_output=True, timeout=300)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(site)  # before the checkout's editable install on the path
+    out = elsewhere / "results"
+    with serve_fake() as url:
+        proc = subprocess.run([sys.executable, "-m", "serving.cli", "loadtest", "--host", url, "-u", "1",
+                               "--duration", "3s", "--tokenizer", "none", "--prompt-tokens", "8",
+                               "--output-tokens", "4", "--out", str(out)],
+                              cwd=elsewhere, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{site}/loadtest/locustfile.py" in proc.stdout  # the installed copy ran, not the checkout's
+    assert read_records(out / "records.jsonl") and (out / "report.md").exists()
