@@ -77,8 +77,8 @@ class FakeOpenAI(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serve_fake(fail_every: int = 0):
+def serve_fake(fail_every: int = 0, token_delay_s: float = FakeOpenAI.token_delay_s):
     """Yields the base URL of a fake server running in a thread."""
-    handler = type("Handler", (FakeOpenAI,), {"fail_every": fail_every})
+    handler = type("Handler", (FakeOpenAI,), {"fail_every": fail_every, "token_delay_s": token_delay_s})
     with serve_in_thread(handler) as url:
         yield url
