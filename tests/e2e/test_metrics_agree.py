@@ -139,3 +139,24 @@ def test_counters_are_exported_before_they_first_move(pd_stack):
                          ("ray_pdserve_requests_total", 'outcome="server_error"'),
                          ("ray_pdserve_requests_total", 'path="decode_only"')]:
         assert any(labels in lab for lab, _ in samples.get(name, [])), (name, labels, samples.get(name))
+
+
+def test_the_colocated_path_exports_the_same_router_metrics(colocated_stack):
+    """A colocated stack has no prefill leg, but users watch the same dashboards: each request it serves counts
+    under path="colocated", with its tokens and latencies."""
+    before = settled(colocated_stack)
+    for i in range(3):
+        response = httpx.post(f"{colocated_stack.api_url}/completions", timeout=300, json={
+            "model": "SmolLM2-135M-Instruct", "prompt": f"{uuid.uuid4().hex} {i}", "max_tokens": 5,
+            "ignore_eos": True, "stream": i == 2})
+        assert response.status_code == 200 and response.headers["x-pdserve-path"] == "colocated"
+    after = settled(colocated_stack)
+
+    def moved(name, **labels):
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert moved("ray_pdserve_requests_total", path="colocated") == 3
+    assert moved("ray_pdserve_generation_tokens_total", path="colocated") == 15
+    for histogram in ("ray_pdserve_ttft_seconds_count", "ray_pdserve_e2e_latency_seconds_count"):
+        assert moved(histogram, path="colocated") == 3, histogram
+    assert total(after, "ray_pdserve_requests_total", path="disaggregated") == 0
