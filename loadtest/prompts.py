@@ -110,10 +110,12 @@ class PromptBuilder:
 
 def single_token_words(tokenizer: Any, words: Sequence[str] = COMMON_WORDS) -> list[str]:
     """The words the tokenizer keeps whole, both at the start of a text and after a space."""
-    def one(text: str) -> bool:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) == 1
+    return whole_words(lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]), words)
 
-    return [w for w in words if one(w) and one(" " + w)]
+
+def whole_words(tokens_in: Callable[[str], int], words: Sequence[str]) -> list[str]:
+    """The words `tokens_in` (a count without special tokens) counts as one token, alone and after a space."""
+    return [w for w in words if tokens_in(w) == 1 and tokens_in(" " + w) == 1]
 
 
 class ServerTokenizer:
@@ -134,10 +136,8 @@ class ServerTokenizer:
 
     def single_token_words(self, words: Sequence[str] = COMMON_WORDS) -> list[str]:
         if self._words is None:
-            def one(text: str) -> bool:
-                return self.count("completions", text, add_special_tokens=False) == 1
-
-            self._words = [w for w in words if one(w) and one(" " + w)] or list(words)
+            counted = whole_words(lambda text: self.count("completions", text, add_special_tokens=False), words)
+            self._words = counted or list(words)
         return self._words
 
 

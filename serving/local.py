@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from serving.config import PDServeConfig
+from serving.config import ConfigError, PDServeConfig
 
 
 def interrupt(proc, timeout_s: float = 180) -> int:
@@ -203,8 +203,6 @@ def check_ports_free(config: PDServeConfig) -> None:
     """The API and metrics ports, bound for a moment now: taken, they would fail deep inside HAProxy or Ray's
     metrics agent after the model has loaded, with nothing that says which port or what to pass."""
     import socket
-
-    from serving.config import ConfigError
 
     for field, flag, host, port in (("router.port", "--port", config.router.host, config.router.port),
                                     ("router.metrics_port", "--metrics-port", "0.0.0.0", config.router.metrics_port)):
