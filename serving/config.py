@@ -191,6 +191,17 @@ class RouterConfig(StrictModel):
     Python proxy, one Ray hop per streamed chunk."""
     fallback_to_decode: bool = True
     """When the prefill leg fails (5xx, timeout, replica gone), serve the request on decode alone."""
+    remote_prefill_min_tokens: int = Field(0, ge=0)
+    """Selective disaggregation: a prompt whose part not already in the decode replica's prefix cache is shorter
+    than this runs on decode alone (no prefill hop, no KV transfer); longer ones go through the prefill pool.
+    0: every request is disaggregated. docs/routing.md says how to pick it for a model and hardware."""
+    prefill_replica_choice: Literal["prefix_affinity", "power_of_two"] = "prefix_affinity"
+    """How a decode replica picks the prefill replica for a prompt: `prefix_affinity` (the one whose prefix cache
+    likely holds most of the prompt, or the session's, `serving.prefill_router`) or `power_of_two` (Serve's
+    default: the shorter queue of two at random)."""
+    prefix_imbalance_max: int = Field(2, ge=0)
+    """`prefix_affinity` gives way to the shorter queue when the preferred replica has more than this many
+    requests more than the least busy one (so one hot prefix cannot pile up one replica's queue)."""
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     """Larger request bodies get 413."""
     api_keys_env: str = "PDSERVE_API_KEYS"

@@ -17,23 +17,17 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from serving.config import PDServeConfig
 from serving.kv import prefill_request
 from serving.protocol import Endpoint, LegReply, error_body, error_reply
+from serving.routing import Plan, PrefixIndex, plan_before_render, plan_by_length
 
 log = logging.getLogger(__name__)
 
-Path = Literal["disaggregated", "decode_only", "colocated"]
 NO_REPLICA = "none"
 """Replica name in headers for a leg that did not run."""
-
-
-@dataclass(frozen=True)
-class Plan:
-    path: Path
-    reason: str
 
 
 @dataclass
@@ -54,40 +48,26 @@ class LocalEngine(Protocol):
     """The engine of this replica, as the orchestrator uses it (`serving.worker.LLMServer`)."""
 
     replica: str
+    block_size: int
+    """Tokens per KV block of the engine (what its prefix cache holds whole)."""
+    kv_blocks: int
+    """KV blocks the engine has."""
+
+    async def prompt_token_ids(self, endpoint: Endpoint, request: Any) -> list[int] | None: ...
 
     async def run(self, endpoint: Endpoint, request: Any, *, kv_transfer_params: dict | None = None,
                   kv_deadline: float | None = None, include_usage: bool = False,
                   raw_request: Any = None) -> tuple[LegReply, AsyncIterator[str] | None]: ...
 
 
-def plan_request(prefill_running: int | None, config: PDServeConfig, request: Any = None) -> Plan:
-    """Disaggregate unless the request samples several answers, or the prefill pool is known to be down (and may
-    be skipped)."""
-    if (getattr(request, "n", 1) or 1) > 1 or (getattr(request, "best_of", 1) or 1) > 1:
-        # vLLM's parallel sampling forks one engine request per sample, and a prefill's KV blocks are handed to
-        # one remote request only: decode computes the prompt once and shares it between its samples.
-        return Plan("decode_only", "n > 1: the samples share a prompt computed on decode")
-    if wants_prompt_logprobs(request):
-        # vLLM skips every cached or imported block of such a request (`skip_reading_prefix_cache`): decode would
-        # recompute the prompt anyway, and a prefill leg would be work thrown away.
-        return Plan("decode_only", "prompt logprobs: computed where the prompt runs")
-    pool_may_be_down = config.router.fallback_to_decode and config.prefill.replicas.min >= 1
-    if pool_may_be_down and prefill_running == 0:
-        # Its replica died and Serve is starting another: waiting would stall the request for an engine's
-        # cold start; decode alone serves it now.
-        return Plan("decode_only", "prefill pool has no running replica")
-    return Plan("disaggregated", "prefill pool available")
+SESSION_HEADER = "x-session-id"
 
 
-def wants_prompt_logprobs(request: Any) -> bool:
-    """Whether vLLM will compute logprobs of the prompt: `prompt_logprobs`, or `echo` with (top) logprobs, as
-    the chat and completions models turn them into sampling params."""
-    if getattr(request, "prompt_logprobs", None) is not None:
-        return True
-    if not getattr(request, "echo", False):
-        return False
-    chat = hasattr(request, "top_logprobs")
-    return (request.top_logprobs if chat else getattr(request, "logprobs", None)) is not None
+def session_id(body: dict[str, Any], raw_request: Any = None) -> str | None:
+    """The conversation a request belongs to: the `X-Session-Id` header, else the OpenAI `user` field."""
+    headers = getattr(raw_request, "headers", None)
+    session = (headers.get(SESSION_HEADER) if headers is not None else None) or body.get("user")
+    return str(session) if session else None
 
 
 def wants_usage(endpoint: Endpoint, request: Any) -> tuple[bool, bool]:
@@ -188,6 +168,8 @@ class DisaggregatedOrchestrator(Orchestrator):
         """DeploymentHandle of the prefill pool."""
         self.running = running
         """Running replicas of a pool as Serve's controller last reported them (None: not known yet)."""
+        self.prefix = PrefixIndex(local.block_size, local.kv_blocks)
+        """What of each prompt this replica's engine likely holds (for `remote_prefill_min_tokens`)."""
 
     def prefill_timeout_s(self) -> float:
         cold = self.config.prefill.replicas.min == 0 and not self.running("prefill")
@@ -195,13 +177,13 @@ class DisaggregatedOrchestrator(Orchestrator):
 
     async def __call__(self, endpoint: Endpoint, request: Any, body: dict[str, Any],
                        raw_request: Any = None) -> Outcome:
-        plan = plan_request(self.running("prefill"), self.config, request)
+        plan = await self.plan(endpoint, request)
         outcome = Outcome(LegReply(0, None, NO_REPLICA), replicas={"prefill": NO_REPLICA}, plan=plan)
         if plan.path == "decode_only":
             return await self._local(endpoint, request, outcome, raw_request)
 
         started = time.perf_counter()
-        prefill = await self._prefill(endpoint, body)
+        prefill = await self._prefill(endpoint, body, session_id(body, raw_request))
         outcome.stages["prefill"] = time.perf_counter() - started
         outcome.replicas["prefill"] = prefill.replica
         params = (prefill.body or {}).get("kv_transfer_params") if prefill.status == 200 else None
@@ -220,9 +202,27 @@ class DisaggregatedOrchestrator(Orchestrator):
         return await self._local(endpoint, request, outcome, raw_request, kv_transfer_params=params,
                                  kv_deadline=prefill.kv_deadline)
 
-    async def _prefill(self, endpoint: Endpoint, body: dict[str, Any]) -> LegReply:
+    async def plan(self, endpoint: Endpoint, request: Any) -> Plan:
+        """The plan of one request. The prompt is rendered here (vLLM's renderer, as the engine leg renders it
+        again: ~0.5 ms) only when its length can decide, and its blocks are then counted as held by this
+        replica's engine, whichever path computes or imports them."""
+        plan = plan_before_render(self.running("prefill"), self.config, request)
+        if plan is not None:
+            return plan
+        if self.router.remote_prefill_min_tokens <= 0:
+            return plan_by_length(self.config, None)
+        token_ids = await self.local.prompt_token_ids(endpoint, request)
+        if token_ids is None:
+            return plan_by_length(self.config, None)
+        plan = plan_by_length(self.config, len(token_ids), self.prefix.cached_tokens(token_ids))
+        self.prefix.record(token_ids)
+        return plan
+
+    async def _prefill(self, endpoint: Endpoint, body: dict[str, Any], session: str | None = None) -> LegReply:
+        leg = prefill_request(endpoint, body)
+        if session is not None:
+            leg["user"] = session  # what the prefill pool's router keeps a session on (serving.prefill_router)
         try:
-            return await asyncio.wait_for(self.prefill.complete.remote(endpoint, prefill_request(endpoint, body)),
-                                          self.prefill_timeout_s())
+            return await asyncio.wait_for(self.prefill.complete.remote(endpoint, leg), self.prefill_timeout_s())
         except Exception as exc:  # Ray actor death, cancellation by timeout, back-pressure
             return _leg_failure("prefill", exc)

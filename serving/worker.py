@@ -120,6 +120,8 @@ class LLMServer:
             stat_loggers=[stat_logger_factory(self.counters, self.pool_metrics), RayPrometheusStatLogger],
             disable_log_stats=False,
         )
+        cache = vllm_config.cache_config  # the engine core reports its block count back into this config
+        self.block_size, self.kv_blocks = cache.block_size, cache.num_gpu_blocks or 1024
         self.state = State()
         # vLLM's serving layer gets the engine through `ClockedEngine`, so unary replies are timed too.
         await init_app_state(ClockedEngine(self.engine), self.state, args, await self.engine.get_supported_tasks())
@@ -174,6 +176,41 @@ class LLMServer:
         if endpoint == "responses":
             return await state.openai_serving_responses.create_responses(request, raw_request)
         return await state.anthropic_serving_messages.create_messages(request, raw_request)
+
+    async def prompt_token_ids(self, endpoint: Endpoint, request: Any) -> list[int] | None:
+        """The prompt's token ids as this engine will see them (vLLM's renderer: chat template, tools,
+        tokenizer), for the plan; None when the request does not render (decode's engine leg answers the error).
+        """
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+        state = self.state
+        try:
+            if endpoint == "completions":
+                serving = state.openai_serving_completion
+                result = await serving.render_completion_request(request)
+            elif endpoint == "responses":
+                serving = state.openai_serving_responses
+                result = await serving._render_resolved_response_inputs(request, None)
+                result = result if isinstance(result, ErrorResponse) else ([], [result.engine_input])
+            else:
+                serving = state.openai_serving_chat
+                if endpoint == "messages":  # served as the chat request vLLM converts it to
+                    messages = state.anthropic_serving_messages
+                    effort = "none"
+                    if request.thinking is not None and request.thinking.type == "disabled":
+                        effort = await messages._get_disabled_thinking_effort()
+                    request = messages.to_chat_completion_request(
+                        request, merge_inline_system=messages._merge_inline_system, disabled_thinking_effort=effort)
+                result = await serving.render_chat_request(request)
+        except Exception as exc:  # anything the renderer refuses is answered by the engine leg, the same way
+            log.debug("pdserve: prompt of %s not rendered for the plan: %r", endpoint, exc)
+            return None
+        if isinstance(result, ErrorResponse):
+            return None
+        engine_inputs = result[1] if isinstance(result, tuple) else result
+        if len(engine_inputs) != 1:  # a batch of prompts (completions): one plan cannot fit each
+            return None
+        return list(serving._extract_prompt_components(engine_inputs[0]).token_ids or []) or None
 
     def _fresh(self, params: dict | None, deadline: float | None, request: Any) -> dict | None:
         if params is None:

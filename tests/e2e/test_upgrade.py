@@ -3,8 +3,9 @@
 `pdserve up` redeploys on SIGHUP as a RayService does on a `serveConfigV2` change (a Serve rolling update in the
 running cluster): each replica it stops first drains its in-flight requests; requests that arrive meanwhile
 wait for the new replicas. The reload turns on what operators turn on this way: a reasoning parser (off unless a
-request asks for reasoning); the second test checks it through P/D. Runs last in the `main` group: it replaces
-every replica of the P/D stack.
+request asks for reasoning; the second test checks it through P/D) and selective disaggregation (prompts whose
+part not cached on decode is shorter than `router.remote_prefill_min_tokens` skip the prefill hop; the third test).
+Runs last in the `main` group: it replaces every replica of the P/D stack.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 import yaml
 
 from serving.local import wait_healthy
-from tests.e2e.stack import handoff_seen
+from tests.e2e.stack import handoff_seen, settled, total
 
 pytestmark = pytest.mark.e2e
 
@@ -40,6 +41,20 @@ THINK_SHOTS = [{"role": "system", "content": f"[{uuid.uuid4().hex[:8]}] Close yo
                {"role": "user", "content": "What is 3+3?"},
                {"role": "assistant", "content": "Three plus three is six.</think>6"},
                {"role": "user", "content": "What is 1+1?"}]
+REMOTE_PREFILL_MIN_TOKENS = 64
+"""Above the ~5 tokens of the short prompts below, below the ~96 of THINK_SHOTS (which must still take the hop)."""
+
+
+def harbour_rules(count: int) -> str:
+    return f"[{uuid.uuid4().hex}] You are the harbour master's assistant. " + " ".join(
+        f"Rule {i}: ships of class {chr(65 + i)} moor at pier {i % 7} and pay {i * 3} crowns." for i in range(count))
+
+
+# A conversation of ~150-190 tokens with the chat template: one whole 128-token KV block (vLLM's block on CPU),
+# which decode caches, and a tail shorter than the threshold.
+SYSTEM_PROMPT = harbour_rules(5)
+# ~100 tokens: above the threshold, and never a whole block that decode could hold: disaggregated every time.
+LONG_PROMPT = harbour_rules(3) + " The capital of France is"
 
 
 def stream_to_the_end(stack, started: list[int], i: int) -> tuple[int, int, bool]:
@@ -75,16 +90,27 @@ def reloads_done(stack) -> int:
     return stack.log_path.read_text(errors="replace").count("pdserve: reloaded")
 
 
-def reload_with_reasoning(stack) -> dict:
-    """The stack's config with a changed environment for both engines (so Serve must replace every replica)
-    and the reasoning parser on; written for the next SIGHUP."""
+def reload_config(stack) -> dict:
+    """The stack's config with a changed environment for both engines (so Serve must replace every replica),
+    the reasoning parser on and the remote prefill threshold set; written for the next SIGHUP."""
     config = yaml.safe_load(stack.config_path.read_text())
     revision = uuid.uuid4().hex[:8]
     for role in ("prefill", "decode"):
         config[role].setdefault("env", {})["PDSERVE_TEST_REVISION"] = revision
     config["model"].update(REASONING)
+    config.setdefault("router", {})["remote_prefill_min_tokens"] = REMOTE_PREFILL_MIN_TOKENS
     stack.config_path.write_text(yaml.safe_dump(config))
     return config
+
+
+def reloaded_once(stack) -> None:
+    """The reload the first test makes, for a test run without it."""
+    if yaml.safe_load(stack.config_path.read_text()).get("router", {}).get("remote_prefill_min_tokens"):
+        return
+    reload_config(stack)
+    done_before, sent = reloads_done(stack), time.monotonic()
+    os.kill(stack.proc.pid, signal.SIGHUP)
+    wait_reloaded(stack, done_before, sent)
 
 
 def wait_reloaded(stack, done_before: int, sent: float) -> None:
@@ -97,7 +123,7 @@ def wait_reloaded(stack, done_before: int, sent: float) -> None:
 def test_a_reload_while_serving_loses_no_request(pd_stack):
     wait_healthy(pd_stack.base_url, 300)
     before = pd_stack.stats()
-    answer_before = complete(pd_stack, "The capital of France is").json()["choices"][0]["text"]
+    answer_before = complete(pd_stack, LONG_PROMPT).json()["choices"][0]["text"]
 
     reloaded = threading.Event()
     steady: list[httpx.Response] = []
@@ -114,7 +140,7 @@ def test_a_reload_while_serving_loses_no_request(pd_stack):
             time.sleep(0.2)
         assert len(started) == len(streams), "the streams did not start"
         sender = pool.submit(keep_sending)
-        reload_with_reasoning(pd_stack)
+        reload_config(pd_stack)
         done_before, reload_sent = reloads_done(pd_stack), time.monotonic()
         os.kill(pd_stack.proc.pid, signal.SIGHUP)
         wait_reloaded(pd_stack, done_before, reload_sent)
@@ -132,7 +158,7 @@ def test_a_reload_while_serving_loses_no_request(pd_stack):
     # Served disaggregated again by the new replicas (the new decode replica's handle learns of the new prefill
     # replica within a second or two), and identically.
     deadline = time.monotonic() + 60
-    while (reply := complete(pd_stack, "The capital of France is")).headers["x-pdserve-path"] != "disaggregated":
+    while (reply := complete(pd_stack, LONG_PROMPT)).headers["x-pdserve-path"] != "disaggregated":
         assert time.monotonic() < deadline, reply.headers
         time.sleep(1)
     assert reply.json()["choices"][0]["text"] == answer_before
@@ -146,11 +172,7 @@ def test_a_reasoning_parser_turned_on_by_reload_splits_the_answer_through_pd(pd_
     """Reasoning content through P/D, streamed and not, chat and responses: the parser's split of decode's
     answer, joined again, is exactly what the same model writes with no parser (the colocated stack, which
     answers token for token as P/D does), and decode took the prompt's KV over NIXL."""
-    if yaml.safe_load(pd_stack.config_path.read_text())["model"].get("reasoning_parser") is None:
-        reload_with_reasoning(pd_stack)  # this test alone: the reload the test above makes
-        done_before, sent = reloads_done(pd_stack), time.monotonic()
-        os.kill(pd_stack.proc.pid, signal.SIGHUP)
-        wait_reloaded(pd_stack, done_before, sent)
+    reloaded_once(pd_stack)
     raw = chat(colocated_stack).content
     assert "</think>" in raw, f"the model did not write the separator this test needs: {raw!r}"
     thoughts, answer = raw.split("</think>", 1)
@@ -189,3 +211,47 @@ def chat(stack, **kw):
     client = openai.OpenAI(base_url=stack.api_url, api_key="unused", max_retries=0, timeout=300)
     return client.chat.completions.create(model=MODEL, messages=THINK_SHOTS, max_tokens=24, temperature=0,
                                           **kw).choices[0].message
+
+
+def test_short_and_cached_prompts_skip_the_prefill_hop_long_ones_take_it(pd_stack):
+    """With `remote_prefill_min_tokens` set by the reload: a short prompt runs on decode alone (header, reason,
+    metric, engine counters); a long one goes through prefill and decode imports its KV over NIXL; the next turn
+    of that conversation, whose long system prompt decode now holds, runs on decode alone from decode's cache."""
+    reloaded_once(pd_stack)
+    client = openai.OpenAI(base_url=pd_stack.api_url, api_key="unused", max_retries=0, timeout=300)
+    metrics_before = settled(pd_stack)
+
+    before = pd_stack.stats()
+    short = client.completions.with_raw_response.create(model=MODEL, prompt="The capital of France is",
+                                                        max_tokens=4, temperature=0)
+    assert short.headers["x-pdserve-path"] == "decode_only", short.headers
+    assert short.headers["x-pdserve-reason"].startswith("short prompt: "), short.headers
+    assert handoff_seen(pd_stack, before, "decode_only") is None
+
+    def turn(question: str):
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
+        return client.chat.completions.with_raw_response.create(model=MODEL, messages=messages, max_tokens=4,
+                                                                temperature=0)
+
+    before = pd_stack.stats()
+    first = turn("Where do class C ships moor?")
+    assert first.headers["x-pdserve-path"] == "disaggregated", first.headers
+    assert first.headers["x-pdserve-reason"].startswith("long prompt: "), first.headers
+    assert handoff_seen(pd_stack, before, "kv") is None
+
+    before = pd_stack.stats()
+    second = turn("And class D?")
+    assert second.headers["x-pdserve-path"] == "decode_only", second.headers
+    assert "cached on decode" in second.headers["x-pdserve-reason"], second.headers
+    assert handoff_seen(pd_stack, before, "decode_only") is None
+    after = pd_stack.stats()
+    # vLLM keeps the blocks decode imported over NIXL in its prefix cache: the second turn reads them there.
+    assert after["decode"]["prefix_cache_hits"] - before["decode"]["prefix_cache_hits"] >= 128, after["decode"]
+
+    metrics_after = settled(pd_stack)
+    moved = {path: total(metrics_after, "ray_pdserve_requests_total", path=path)
+             - total(metrics_before, "ray_pdserve_requests_total", path=path)
+             for path in ("decode_only", "disaggregated")}
+    assert moved == {"decode_only": 2, "disaggregated": 1}, moved
+    print(f"selective disaggregation: {short.headers['x-pdserve-reason']!r}; {first.headers['x-pdserve-reason']!r}; "
+          f"{second.headers['x-pdserve-reason']!r}")

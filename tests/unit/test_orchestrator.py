@@ -16,9 +16,9 @@ from serving.orchestrator import (  # noqa: E402
     NO_REPLICA,
     ColocatedOrchestrator,
     DisaggregatedOrchestrator,
-    plan_request,
 )
 from serving.protocol import LegReply, error_reply  # noqa: E402
+from serving.routing import plan_before_render  # noqa: E402
 
 PARAMS = {"do_remote_prefill": True, "remote_engine_id": "p"}
 
@@ -44,10 +44,18 @@ class FakePrefill:
 
 class FakeEngine:
     replica = "D#1"
+    block_size = 4
+    kv_blocks = 8
 
     def __init__(self, chunks=None):
         self.runs: list[dict] = []
         self.chunks = chunks
+        self.rendered: list = []
+
+    async def prompt_token_ids(self, endpoint, request):
+        """A prompt of `request.prompt_ids` (None: the renderer refused it)."""
+        self.rendered.append(request)
+        return getattr(request, "prompt_ids", None)
 
     async def run(self, endpoint, request, *, kv_transfer_params=None, kv_deadline=None, include_usage=False,
                   raw_request=None):
@@ -100,7 +108,7 @@ def test_a_prefill_pool_with_no_running_replica_is_skipped():
     (0, {"prefill.replicas.min": 0, "prefill.replicas.max": 2}),  # at zero on purpose: wake it
 ])
 def test_prefill_is_tried_when_it_is_not_known_to_be_down(running, overrides):
-    assert plan_request(running, PDServeConfig().with_overrides(**overrides)).path == "disaggregated"
+    assert plan_before_render(running, PDServeConfig().with_overrides(**overrides)) is None
     orchestrator, prefill, _ = make(running, **overrides)
     run(orchestrator)
     assert len(prefill.calls) == 1
@@ -214,7 +222,7 @@ def test_prompt_logprobs_are_detected_as_vllm_turns_the_request_into_sampling_pa
     """Against vLLM's own request models: whatever makes their sampling params carry prompt_logprobs (which
     makes vLLM skip imported KV) is what sends a request to decode alone."""
     pytest.importorskip("vllm")
-    from serving.orchestrator import wants_prompt_logprobs
+    from serving.routing import wants_prompt_logprobs
     from serving.worker import request_model
 
     base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]} if endpoint == "chat" else {
@@ -224,3 +232,57 @@ def test_prompt_logprobs_are_detected_as_vllm_turns_the_request_into_sampling_pa
     params = parsed.to_sampling_params(8, {}) if endpoint == "completions" else None
     if params is not None:
         assert (params.prompt_logprobs is not None) is expected
+
+
+def selective(threshold: int, **kwargs):
+    return make(running=1, **{"router.remote_prefill_min_tokens": threshold}, **kwargs)
+
+
+def test_a_short_prompt_runs_on_decode_alone_and_a_long_one_goes_through_prefill():
+    orchestrator, prefill, engine = selective(8)
+    short = run(orchestrator, request(prompt_ids=list(range(7))))
+    assert short.plan.path == "decode_only" and short.plan.reason.startswith("short prompt: 7 uncached tokens < 8")
+    assert prefill.calls == [] and engine.runs[0]["params"] is None
+    long = run(orchestrator, request(prompt_ids=list(range(100, 108))))
+    assert long.plan.path == "disaggregated" and long.plan.reason.startswith("long prompt: 8 uncached tokens")
+    assert len(prefill.calls) == 1 and engine.runs[1]["params"] == PARAMS
+
+
+def test_a_prompt_this_replica_served_before_is_counted_as_cached_and_runs_on_decode_alone():
+    orchestrator, prefill, _ = selective(8)
+    system = list(range(16))  # four blocks of 4
+    first = run(orchestrator, request(prompt_ids=system + [100, 101]))
+    assert first.plan.path == "disaggregated" and len(prefill.calls) == 1
+    again = run(orchestrator, request(prompt_ids=system + [200, 201, 202]))  # same system prompt, new turn
+    assert again.plan.path == "decode_only" and "3 uncached tokens" in again.plan.reason
+    assert "16 cached on decode" in again.plan.reason and len(prefill.calls) == 1
+
+
+def test_without_a_threshold_the_prompt_is_never_rendered_for_the_plan():
+    orchestrator, prefill, engine = selective(0)
+    assert run(orchestrator, request(prompt_ids=[1])).plan.path == "disaggregated"
+    assert engine.rendered == [] and len(prefill.calls) == 1
+
+
+def test_a_prompt_the_renderer_refuses_takes_the_prefill_leg_which_answers_the_error():
+    orchestrator, prefill, engine = selective(8)
+    assert run(orchestrator, request(prompt_ids=None)).plan.path == "disaggregated" and len(prefill.calls) == 1
+
+
+def test_decisions_that_need_no_prompt_come_first_and_render_nothing():
+    orchestrator, prefill, engine = selective(8)
+    outcome = run(orchestrator, request(n=2, prompt_ids=list(range(50))))
+    assert outcome.plan.reason.startswith("n > 1") and engine.rendered == [] and prefill.calls == []
+
+
+@pytest.mark.parametrize("headers,body_user,expected", [
+    ({"x-session-id": "s-1"}, "u-1", "s-1"),  # the header wins
+    ({}, "u-1", "u-1"),  # the OpenAI `user` field
+    ({}, None, None),  # no session: the prefill leg is the request as sent
+])
+def test_the_prefill_leg_carries_the_session_its_router_keeps_together(headers, body_user, expected):
+    orchestrator, prefill, _ = make(running=1)
+    body = {**BODY, **({"user": body_user} if body_user else {})}
+    asyncio.run(orchestrator("completions", request(), body, SimpleNamespace(headers=headers)))
+    ((_, leg),) = prefill.calls
+    assert leg.get("user") == expected
