@@ -61,6 +61,9 @@ def build_llm_deployment(config: PDServeConfig, role: Role, prefill: Application
     from serving.worker import LLMServer
 
     options = replica_options(config.pool(role), config.autoscaling, config.router.drain_timeout_s)
+    if role == "prefill" and config.router.prefill_replica_choice == "prefix_affinity":
+        options["request_router_config"] = {"request_router_class": PREFILL_ROUTER_PATH, "request_router_kwargs": {
+            "imbalance_max": config.router.prefix_imbalance_max}}
     server = LLMServer
     if role != "prefill":
         # Admission to the pool is the app's own (429 with an OpenAI error body, `serving.ingress.Admission`):
@@ -79,6 +82,7 @@ def build_pd_app(config: PDServeConfig) -> Application:
 
 
 APP_NAME = "pdserve"
+PREFILL_ROUTER_PATH = "serving.prefill_router:PrefixAffinityRouter"
 IMPORT_PATH = "serving.app:build_app"
 POLICY_PATH = "serving.autoscaling:PDAutoscalingPolicy"
 

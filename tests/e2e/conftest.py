@@ -1,8 +1,9 @@
 """Real stacks for the end-to-end tests, started at most once per session.
 
-Two groups share the machine's 24 GiB in turn: `main` (the P/D stack and a colocated stack for comparison,
-started side by side, and bare vLLM beside them once a test asks for it) and `autoscale` (a P/D stack whose
-pools scale between 0 and 2 replicas). Asking for a
+Three groups share the machine's 24 GiB in turn: `main` (the P/D stack and a colocated stack for comparison,
+started side by side, and bare vLLM beside them once a test asks for it), `affinity` (two prefill replicas, one
+decode) and `autoscale` (a P/D stack whose pools scale between 0 and 2 replicas); test files run in name order
+and each group's files sort together, so each group starts once. Asking for a
 stack of the other group stops the running group first; every stop must be clean (exit 0, no process left).
 """
 
@@ -22,6 +23,7 @@ from serving.kv import free_port  # noqa: E402
 from tests.e2e import stack as stack_lib  # noqa: E402
 
 EXACT_CONFIG = "configs/cpu-exact.yaml"
+AFFINITY_CONFIG = "configs/cpu-prefix-affinity.yaml"
 AUTOSCALE_CONFIG = "configs/cpu-autoscale.yaml"
 
 API_KEY = stack_lib.API_KEY
@@ -31,6 +33,7 @@ GROUPS = {
     # starts as a user's first `pdserve up` does (tests/e2e/test_openai_api.py checks its display).
     "main": {"pd": (("--config", EXACT_CONFIG, "--verbose"), {}),
              "colocated": (("--config", EXACT_CONFIG, "--mode", "colocated"), {})},
+    "affinity": {"affinity": (("--config", AFFINITY_CONFIG, "--verbose"), {})},
     "autoscale": {"autoscale": (("--config", AUTOSCALE_CONFIG, "--verbose"),
                                 {"PDSERVE_API_KEYS": f"other-key,{API_KEY}"})},
 }
@@ -111,6 +114,11 @@ def colocated_stack(stacks):
 @pytest.fixture
 def bare_stack(stacks):
     return stacks.get(BARE)
+
+
+@pytest.fixture
+def affinity_stack(stacks):
+    return stacks.get("affinity")
 
 
 @pytest.fixture
