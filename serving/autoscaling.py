@@ -29,6 +29,8 @@ class PoolLoad:
     max_replicas: int = 1_000_000
     target_replicas: int = 0
     """Replicas the pool is heading to (running + starting)."""
+    remote_prefill_share: float = 1.0
+    """Decode only: the share of its recent requests that went through prefill (the rest ran on decode alone)."""
 
 
 def pool_demand(load: PoolLoad, cfg: PoolScalingConfig) -> int:
@@ -54,16 +56,20 @@ def decide(loads: dict[str, PoolLoad], config: AutoscalingConfig) -> dict[str, i
     """Replica counts for the pools present in `loads` (prefill+decode coupled, or colocated alone)."""
     wanted = {role: pool_demand(load, getattr(config, role)) for role, load in loads.items()}
     if "prefill" in loads and "decode" in loads:
-        wanted["prefill"], wanted["decode"] = couple(wanted["prefill"], wanted["decode"], config)
+        wanted["prefill"], wanted["decode"] = couple(wanted["prefill"], wanted["decode"], config,
+                                                     loads["decode"].remote_prefill_share)
     return {role: clamp(count, loads[role]) for role, count in wanted.items()}
 
 
-def couple(prefill: int, decode: int, config: AutoscalingConfig) -> tuple[int, int]:
-    """Raise the lagging pool so prefill:decode stays within bounds; a request needs both legs."""
+def couple(prefill: int, decode: int, config: AutoscalingConfig, remote_share: float = 1.0) -> tuple[int, int]:
+    """Raise the lagging pool so prefill:decode stays within bounds. Every prefilled request needs decode; only
+    the `remote_share` of decode's requests that go through prefill need prefill (selective disaggregation
+    serves short and cached prompts on decode alone), so decode's load holds prefill up in that proportion."""
     if prefill == 0 and decode == 0:
         return 0, 0
-    prefill, decode = max(prefill, 1), max(decode, 1)
-    prefill = max(prefill, math.ceil(decode * config.min_prefill_per_decode))
+    decode = max(decode, 1)
+    if remote_share > 0:
+        prefill = max(prefill, 1, math.ceil(decode * config.min_prefill_per_decode * remote_share))
     decode = max(decode, math.ceil(prefill / config.max_prefill_per_decode))
     return prefill, decode
 
@@ -80,6 +86,7 @@ def _mean_nonzero(metrics: dict[str, dict[Any, float]] | None, name: str) -> flo
 def load_from_context(ctx, latency_metric: str) -> PoolLoad:
     """Turn a Ray `AutoscalingContext` into a `PoolLoad`."""
     metrics = ctx.aggregated_metrics
+    shares = list((metrics or {}).get("remote_prefill_share", {}).values())
     engine_requests = _sum(metrics, "waiting") + _sum(metrics, "running")
     return PoolLoad(
         replicas=ctx.current_num_replicas,
@@ -89,6 +96,7 @@ def load_from_context(ctx, latency_metric: str) -> PoolLoad:
         min_replicas=ctx.capacity_adjusted_min_replicas,
         max_replicas=ctx.capacity_adjusted_max_replicas,
         target_replicas=ctx.target_num_replicas,
+        remote_prefill_share=sum(shares) / len(shares) if shares else 1.0,
     )
 
 

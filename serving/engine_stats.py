@@ -43,12 +43,17 @@ class EngineCounters:
     # (monotonic time, seconds) of recent engine-side TTFTs and inter-token latencies, for autoscaling.
     recent_ttft: deque = field(default_factory=lambda: deque(maxlen=512), repr=False)
     recent_itl: deque = field(default_factory=lambda: deque(maxlen=4096), repr=False)
+    # (monotonic time, 1.0 or 0.0) per request this (decode) replica planned: through prefill or not.
+    recent_plans: deque = field(default_factory=lambda: deque(maxlen=4096), repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data.pop("recent_ttft")
-        data.pop("recent_itl")
+        for name in ("recent_ttft", "recent_itl", "recent_plans"):
+            data.pop(name)
         return data
+
+    def record_plan(self, path: str, now: float | None = None) -> None:
+        self.recent_plans.append((time.monotonic() if now is None else now, 1.0 if path == "disaggregated" else 0.0))
 
     def autoscaling_signals(self, window_s: float, now: float | None = None) -> dict[str, float]:
         """What this replica reports to Serve's autoscaler (`record_autoscaling_stats`)."""
@@ -59,6 +64,9 @@ class EngineCounters:
             "kv_cache_usage": float(self.kv_cache_usage),
             "ttft_s": _mean_since(self.recent_ttft, now - window_s),
             "itl_s": _mean_since(self.recent_itl, now - window_s),
+            # Of the requests this replica planned lately, the share sent through prefill; 1.0 with none lately
+            # (then the pools idle, and an idle pool asks nothing of the other).
+            "remote_prefill_share": _mean_since(self.recent_plans, now - window_s, empty=1.0),
         }
 
     def add_kv_connector_stats(self, data: dict[str, Any]) -> None:
@@ -70,9 +78,9 @@ class EngineCounters:
         self.kv_expired_requests += int(sum(data.get("num_kv_expired_reqs", [])))
 
 
-def _mean_since(samples: deque, since: float) -> float:
+def _mean_since(samples: deque, since: float, empty: float = 0.0) -> float:
     recent = [value for stamp, value in samples if stamp >= since]
-    return sum(recent) / len(recent) if recent else 0.0
+    return sum(recent) / len(recent) if recent else empty
 
 
 class CountingStatLogger(StatLoggerBase):

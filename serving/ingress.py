@@ -118,6 +118,9 @@ class Ingress:
             raise
         finally:
             ENGINE_CLOCK.reset(clock_token)
+        counters = getattr(self.server, "counters", None)
+        if counters is not None:
+            counters.record_plan(outcome.plan.path)  # the split of traffic the autoscaler couples the pools by
         headers = response_headers(outcome, self.config.router.retry_after_s)
         if outcome.stream is None:
             self._leave()

@@ -44,6 +44,17 @@ def test_couple_keeps_the_ratio_by_raising_the_lagging_pool(prefill, decode, exp
     assert couple(prefill, decode, CFG) == expected
 
 
+@pytest.mark.parametrize("prefill,decode,share,expected", [
+    (0, 4, 0.0, (0, 4)),  # every request on decode alone: prefill may stay at zero
+    (0, 4, 0.5, (1, 4)),  # half through prefill: 4 * 0.5 * 0.5 = 1
+    (1, 6, 0.5, (2, 6)),
+    (1, 6, 1.0, (3, 6)),  # all through prefill: the full ratio
+    (4, 1, 0.0, (4, 2)),  # prefilled requests still need decode
+])
+def test_couple_holds_prefill_up_only_for_the_share_that_goes_through_it(prefill, decode, share, expected):
+    assert couple(prefill, decode, CFG, share) == expected
+
+
 def test_queue_spike_scales_both_pools_in_ratio():
     counts = decide({"prefill": load(requests=12, waiting=8), "decode": load(requests=2)}, CFG)
     assert counts["prefill"] >= 3 and counts["decode"] >= 2
@@ -148,3 +159,25 @@ def test_cold_start_brings_a_pool_back_immediately():
     d_dep, d_ctx = ray_context("DecodeServer", 0, 1, {}, upscale_delay=60)
     decisions, _ = wrapped_policy()({p_dep: p_ctx, d_dep: d_ctx})
     assert decisions[p_dep] >= 1 and decisions[d_dep] >= 1
+
+
+def test_ray_wrapper_leaves_prefill_at_zero_while_decode_serves_every_prompt_alone():
+    p_dep, p_ctx = ray_context("PrefillServer", 0, 0, {})
+    d_dep, d_ctx = ray_context("DecodeServer", 1, 20, {"running": 8, "waiting": 4, "remote_prefill_share": 0.0})
+    decisions, state = wrapped_policy()({p_dep: p_ctx, d_dep: d_ctx})
+    assert decisions[p_dep] == 0 and decisions[d_dep] >= 2
+    assert state[d_dep]["pdserve_load"]["remote_prefill_share"] == 0.0
+    d_dep, d_ctx = ray_context("DecodeServer", 1, 20, {"running": 8, "waiting": 4, "remote_prefill_share": 1.0})
+    assert wrapped_policy()({p_dep: p_ctx, d_dep: d_ctx})[0][p_dep] >= 1  # the same load, all prefilled
+
+
+def test_decode_reports_the_share_of_its_recent_requests_that_went_through_prefill():
+    from serving.engine_stats import EngineCounters
+
+    counters = EngineCounters()
+    assert counters.autoscaling_signals(10, now=100)["remote_prefill_share"] == 1.0  # none lately
+    for at, path in ((80, "decode_only"), (95, "disaggregated"), (96, "decode_only"), (97, "decode_only"),
+                     (98, "disaggregated")):
+        counters.record_plan(path, now=at)
+    assert counters.autoscaling_signals(10, now=100)["remote_prefill_share"] == 0.5  # the one at 80 is too old
+    assert "recent_plans" not in counters.as_dict()
