@@ -78,7 +78,7 @@ def engine_counters(server: servers_lib.Server) -> dict[str, float] | None:
             text = httpx.get(f"{server.url}/metrics", timeout=30).text
             return {"queries": _sum(text, "vllm:prefix_cache_queries_total"),
                     "hits": _sum(text, "vllm:prefix_cache_hits_total")}
-        if server.name in ("pd", "colocated"):
+        if server.name == "colocated" or server.name.startswith("pd"):
             stats = httpx.get(f"{server.url}/pdserve/stats", timeout=30).json()
             computing = stats.get("prefill") or stats.get("colocated")
             decode = stats.get("decode", {})
@@ -156,8 +156,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--engine", choices=sorted(ENGINES), default="stand-in",
                         help="stand-in: random-weight model at GPU-like step times; builtin: SmolLM2 at CPU speed")
     parser.add_argument("--servers", default=",".join(servers_lib.KINDS),
-                        help=f"comma-separated, of {', '.join(servers_lib.KINDS)}")
-    parser.add_argument("--workloads", default="", help="comma-separated names (default: all for the engine)")
+                        help=f"comma-separated, of {', '.join(servers_lib.KINDS + tuple(servers_lib.PD_THRESHOLDS))}")
+    parser.add_argument("--workloads", default="", help="comma-separated names (default: all for the engine but the len* sweep)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--target", action="append", default=[],
@@ -175,7 +175,7 @@ def bench_command(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="pdserve-bench-"))
     shared = REPO_ROOT.parent / "shared" / "traces"
     available = workloads(args.engine, work, shared if shared.exists() else None)
-    chosen = [w for w in args.workloads.split(",") if w] or list(available)
+    chosen = [w for w in args.workloads.split(",") if w] or [k for k, w in available.items() if w.default]
     unknown = [w for w in chosen if w not in available]
     if unknown:
         print(f"pdserve bench: unknown workloads {unknown} (have {sorted(available)}; trace workloads need "

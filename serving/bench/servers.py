@@ -3,6 +3,9 @@
 - `bare`: `vllm serve` itself (`python -m vllm.entrypoints.openai.api_server`): the floor.
 - `rayllm`: Ray Serve LLM's prefill/decode app (`ray.serve.llm.build_pd_openai_app`), see `serving.bench.rayllm`.
 - `colocated`, `pd`: `pdserve up` in either mode.
+- `pd-remote`, `pd-local`: `pdserve up` P/D with every prompt sent to prefill (`router.remote_prefill_min_tokens` 0)
+  or none (decode computes every prompt): the two sides of the threshold, measured per prompt length by the
+  `len*` workloads (docs/routing.md).
 
 `pdserve bench` runs one of them at a time, each in its own process group, stopped (SIGINT, as Ctrl-C) before the
 next starts.
@@ -22,6 +25,8 @@ from serving.kv import free_port
 from serving.local import interrupt
 
 KINDS = ("bare", "rayllm", "colocated", "pd")
+PD_THRESHOLDS = {"pd-remote": 0, "pd-local": 10**9}
+"""Extra kinds (not run by default): P/D with `router.remote_prefill_min_tokens` fixed."""
 READY_TIMEOUT_S = 900
 
 
@@ -45,18 +50,23 @@ def command(kind: str, model_dir: str, served_name: str, port: int, dtype: str) 
     if kind == "rayllm":
         return [sys.executable, "-m", "serving.bench.rayllm", "--model", model_dir, "--served-name", served_name,
                 "--port", str(port), "--dtype", dtype]
+    if kind not in ("colocated", "pd", *PD_THRESHOLDS):
+        raise ValueError(f"unknown server kind {kind!r} (have {', '.join(KINDS + tuple(PD_THRESHOLDS))})")
     mode = "colocated" if kind == "colocated" else "disaggregated"
+    config: dict = {"model": {"served_name": served_name, "dtype": dtype}}
+    if kind in PD_THRESHOLDS:
+        config["router"] = {"remote_prefill_min_tokens": PD_THRESHOLDS[kind]}
     return [sys.executable, "-m", "serving.cli", "up", "--model", model_dir, "--mode", mode, "--port", str(port),
-            "--metrics-port", str(free_port()), "--config", str(_pdserve_config(served_name, dtype))]
+            "--metrics-port", str(free_port()), "--config", str(_pdserve_config(config))]
 
 
-def _pdserve_config(served_name: str, dtype: str) -> Path:
+def _pdserve_config(config: dict) -> Path:
     import tempfile
 
     import yaml
 
     path = Path(tempfile.mkdtemp(prefix="pdserve-bench-")) / "config.yaml"
-    path.write_text(yaml.safe_dump({"model": {"served_name": served_name, "dtype": dtype}}))
+    path.write_text(yaml.safe_dump(config))
     return path
 
 

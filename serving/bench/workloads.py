@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PROMPT_LENGTHS = (16, 64, 128, 256, 512, 1024)
 GOODPUT_SLO_MS = {"stand-in": {"ttft": 500, "tpot": 25}, "builtin": {"ttft": 3000, "tpot": 150}}
 
 
@@ -33,6 +34,8 @@ class Workload:
     clients: tuple[Client, ...]
     """Run together; the figures reported are the first client's."""
     reports_hit_rate: bool = False
+    default: bool = True
+    """Run when no workloads are named."""
 
 
 def _random(concurrency: int | None, prompts: int, input_len: int, output_len: int, rate: float | None = None,
@@ -64,6 +67,11 @@ def workloads(engine: str, work_dir: Path, shared_traces: Path | None) -> dict[s
         "c16": Workload("c16", "concurrency 16, 200-token prompts, 64 output tokens",
                         (_random(16, 64 if fast else 32, 200, 64),)),
     }
+    # One prompt length each, concurrency 1, two output tokens: TTFT as a function of prompt length, on the
+    # P/D path and on decode alone (`pd-remote` vs `pd-local`): where the hop stops paying (docs/routing.md).
+    for length in PROMPT_LENGTHS:
+        found[f"len{length}"] = Workload(f"len{length}", f"concurrency 1, {length}-token prompts, 2 output tokens",
+                                         (_random(1, 8 if fast else 6, length, 2, warmups=2),), default=False)
     if fast:
         found["c32"] = Workload("c32", "concurrency 32, 200-token prompts, 64 output tokens",
                                 (_random(32, 128, 200, 64),))

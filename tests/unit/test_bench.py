@@ -65,3 +65,25 @@ def test_servers_start_as_their_users_would_start_them():
     assert pd[1:4] == ["-m", "serving.cli", "up"] and pd[pd.index("--mode") + 1] == "disaggregated"
     assert command("colocated", "/m", "name", 9002, "bfloat16")[pd.index("--mode") + 1] == "colocated"
     assert command("rayllm", "/m", "name", 9003, "bfloat16")[1:3] == ["-m", "serving.bench.rayllm"]
+
+
+def test_threshold_servers_fix_the_remote_prefill_threshold_and_pd_keeps_the_default():
+    import yaml
+
+    def router(kind):
+        argv = command(kind, "/m", "name", 9004, "bfloat16")
+        return yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text()).get("router", {})
+
+    assert router("pd-remote") == {"remote_prefill_min_tokens": 0}
+    assert router("pd-local")["remote_prefill_min_tokens"] >= 10**6  # longer than any prompt
+    assert router("pd") == {}
+    with pytest.raises(ValueError, match="unknown server kind"):
+        command("pd-typo", "/m", "name", 9005, "bfloat16")
+
+
+def test_length_sweep_runs_only_when_named(tmp_path):
+    found = workloads("builtin", tmp_path, None)
+    sweep = [name for name in found if name.startswith("len")]
+    assert sweep and not any(found[name].default for name in sweep)
+    argv = found["len256"].clients[0].argv
+    assert argv[argv.index("--random-input-len") + 1] == "256" and argv[argv.index("--max-concurrency") + 1] == "1"
