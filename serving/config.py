@@ -191,10 +191,11 @@ class RouterConfig(StrictModel):
     Python proxy, one Ray hop per streamed chunk."""
     fallback_to_decode: bool = True
     """When the prefill leg fails (5xx, timeout, replica gone), serve the request on decode alone."""
-    remote_prefill_min_tokens: int = Field(0, ge=0)
+    remote_prefill_min_tokens: int | None = Field(None, ge=0)
     """Selective disaggregation: a prompt whose part not already in the decode replica's prefix cache is shorter
     than this runs on decode alone (no prefill hop, no KV transfer); longer ones go through the prefill pool.
-    0: every request is disaggregated. docs/routing.md says how to pick it for a model and hardware."""
+    0: every request is disaggregated. None: the default measured for the device (`REMOTE_PREFILL_MIN_TOKENS`);
+    docs/routing.md says how it was measured and how to measure it for a model and hardware."""
     prefill_replica_choice: Literal["prefix_affinity", "power_of_two"] = "prefix_affinity"
     """How a decode replica picks the prefill replica for a prompt: `prefix_affinity` (the one whose prefix cache
     likely holds most of the prompt, or the session's, `serving.prefill_router`) or `power_of_two` (Serve's
@@ -255,6 +256,12 @@ class AutoscalingConfig(StrictModel):
         return self
 
 
+REMOTE_PREFILL_MIN_TOKENS: dict[str, int] = {"cpu": 16, "cuda": 0}
+"""`router.remote_prefill_min_tokens` when the config leaves it out. CPU: the prompt length whose prefill on the
+decode engine costs what the prefill hop adds to a request (docs/routing.md, measured with `pdserve bench
+--servers pd-remote,pd-local --workloads len16,...`). GPU: not measured on one yet, so every prompt takes the hop."""
+
+
 class PDServeConfig(StrictModel):
     """A whole deployment: one model served by a router over prefill+decode pools (or one colocated pool)."""
 
@@ -280,6 +287,12 @@ class PDServeConfig(StrictModel):
     local: LocalConfig = Field(default_factory=LocalConfig)
     kubernetes: KubernetesConfig | None = None
     """Where this profile runs on Kubernetes (`pdserve render`); `pdserve up` and the app ignore it."""
+
+    @property
+    def remote_prefill_min_tokens(self) -> int:
+        """The selective-disaggregation threshold in force (the config's, else the device's default)."""
+        configured = self.router.remote_prefill_min_tokens
+        return REMOTE_PREFILL_MIN_TOKENS[self.device] if configured is None else configured
 
     @model_validator(mode="after")
     def _kv_buffer_matches_device(self) -> PDServeConfig:

@@ -209,7 +209,7 @@ class DisaggregatedOrchestrator(Orchestrator):
         plan = plan_before_render(self.running("prefill"), self.config, request)
         if plan is not None:
             return plan
-        if self.router.remote_prefill_min_tokens <= 0:
+        if self.config.remote_prefill_min_tokens <= 0:
             return plan_by_length(self.config, None)
         token_ids = await self.local.prompt_token_ids(endpoint, request)
         if token_ids is None:

@@ -116,7 +116,7 @@ def plan_by_length(config: PDServeConfig, prompt_tokens: int | None, cached_toke
     """Remote prefill for a prompt whose uncached part reaches `remote_prefill_min_tokens`; decode alone below.
     `prompt_tokens` None (not rendered: the threshold is 0, or rendering failed and decode will answer the
     error itself) disaggregates, unless it is an error, see `plan_request`."""
-    threshold = config.router.remote_prefill_min_tokens
+    threshold = config.remote_prefill_min_tokens
     if threshold <= 0 or prompt_tokens is None:
         return Plan("disaggregated", "prefill pool available")
     uncached = max(0, prompt_tokens - cached_tokens)

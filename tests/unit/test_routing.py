@@ -55,3 +55,15 @@ def test_the_least_recently_used_blocks_go_first_past_the_capacity():
     assert index.cached_tokens(old) == 4  # touching `old` makes `hot` the least recently used
     index.record([9, 10, 11, 12])
     assert index.cached_tokens(old) == 4 and index.cached_tokens(hot) == 0
+
+
+def test_the_threshold_defaults_per_device_and_an_explicit_zero_stays_zero():
+    from serving.config import REMOTE_PREFILL_MIN_TOKENS
+
+    assert PDServeConfig().remote_prefill_min_tokens == REMOTE_PREFILL_MIN_TOKENS["cpu"] > 0
+    assert plan_by_length(PDServeConfig(), REMOTE_PREFILL_MIN_TOKENS["cpu"] - 1).path == "decode_only"
+    assert config(0).remote_prefill_min_tokens == 0 and plan_by_length(config(0), 1).path == "disaggregated"
+    from pathlib import Path
+
+    gpu = PDServeConfig.from_file(Path(__file__).resolve().parents[2] / "configs" / "gpu-smoke.yaml")
+    assert gpu.device == "cuda" and gpu.remote_prefill_min_tokens == REMOTE_PREFILL_MIN_TOKENS["cuda"]
