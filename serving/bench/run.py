@@ -15,6 +15,7 @@ import statistics
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,8 @@ def run_workload(url: str, workload: Workload, tokenizer: str) -> dict[str, Any]
 
 
 def engine_counters(server: servers_lib.Server) -> dict[str, float] | None:
-    """Prefix-cache lookups and hits of the engines that compute prompts, and KV transfer totals (pdserve)."""
+    """Prefix-cache lookups and hits of the engines that compute prompts (every replica of the pool), and KV
+    transfer totals (pdserve)."""
     try:
         if server.name == "bare":
             text = httpx.get(f"{server.url}/metrics", timeout=30).text
@@ -82,16 +84,36 @@ def engine_counters(server: servers_lib.Server) -> dict[str, float] | None:
             stats = httpx.get(f"{server.url}/pdserve/stats", timeout=30).json()
             computing = stats.get("prefill") or stats.get("colocated")
             decode = stats.get("decode", {})
-            return {"queries": computing["prefix_cache_queries"], "hits": computing["prefix_cache_hits"],
-                    "kv_transfers": decode.get("kv_transfers", 0), "kv_seconds": decode.get("kv_transfer_seconds", 0)}
+            counters = {"queries": computing["prefix_cache_queries"], "hits": computing["prefix_cache_hits"],
+                        "kv_transfers": decode.get("kv_transfers", 0),
+                        "kv_seconds": decode.get("kv_transfer_seconds", 0)}
+            if server.metrics_url:  # /pdserve/stats shows one replica of a remote pool; Prometheus has them all
+                pool = "prefill" if "prefill" in stats else "colocated"
+                text = _settled_scrape(server.metrics_url)
+                counters["queries"] = _sum(text, "ray_pdserve_pool_prefix_cache_queries_total", f'pool="{pool}"')
+                counters["hits"] = _sum(text, "ray_pdserve_pool_prefix_cache_hits_total", f'pool="{pool}"')
+            return counters
     except (httpx.HTTPError, KeyError, TypeError):
         return None
     return None
 
 
-def _sum(text: str, name: str) -> float:
+def _settled_scrape(url: str, pause_s: float = 4.0, tries: int = 8) -> str:
+    """A Prometheus scrape once Ray's export has caught up (two scrapes a few seconds apart agree)."""
+    last = httpx.get(url, timeout=30).text
+    for _ in range(tries):
+        time.sleep(pause_s)
+        text = httpx.get(url, timeout=30).text
+        if _sum(text, "ray_pdserve_pool_prefix_cache_queries_total") == _sum(
+                last, "ray_pdserve_pool_prefix_cache_queries_total"):
+            return text
+        last = text
+    return last
+
+
+def _sum(text: str, name: str, label: str = "") -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and not line.startswith("#"))
+               if line.startswith(name) and label in line and not line.startswith("#"))
 
 
 def measure(server: servers_lib.Server, workload: Workload, tokenizer: str) -> dict[str, Any]:
@@ -156,7 +178,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--engine", choices=sorted(ENGINES), default="stand-in",
                         help="stand-in: random-weight model at GPU-like step times; builtin: SmolLM2 at CPU speed")
     parser.add_argument("--servers", default=",".join(servers_lib.KINDS),
-                        help=f"comma-separated, of {', '.join(servers_lib.KINDS + tuple(servers_lib.PD_THRESHOLDS))}")
+                        help=f"comma-separated, of {', '.join(servers_lib.KINDS + tuple(servers_lib.PD_VARIANTS))}")
     parser.add_argument("--workloads", default="", help="comma-separated names (default: all for the engine but the len* sweep)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="bfloat16")

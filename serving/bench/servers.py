@@ -6,6 +6,8 @@
 - `pd-remote`, `pd-local`: `pdserve up` P/D with every prompt sent to prefill (`router.remote_prefill_min_tokens` 0)
   or none (decode computes every prompt): the two sides of the threshold, measured per prompt length by the
   `len*` workloads (docs/routing.md).
+- `pd-2p-affinity`, `pd-2p-pow2`: P/D with two prefill replicas, the prefill replica chosen by prefix cache
+  (`serving.prefill_router`) or by Serve's default router; the `prefix` workload compares them.
 
 `pdserve bench` runs one of them at a time, each in its own process group, stopped (SIGINT, as Ctrl-C) before the
 next starts.
@@ -25,8 +27,15 @@ from serving.kv import free_port
 from serving.local import interrupt
 
 KINDS = ("bare", "rayllm", "colocated", "pd")
-PD_THRESHOLDS = {"pd-remote": 0, "pd-local": 10**9}
-"""Extra kinds (not run by default): P/D with `router.remote_prefill_min_tokens` fixed."""
+_TWO_PREFILL = {"replicas": {"min": 2, "max": 2}, "resources": {"resources": {"pdserve_prefill": 1}},
+                "cpu": {"threads_bind": "0"}}
+PD_VARIANTS: dict[str, dict] = {
+    "pd-remote": {"router": {"remote_prefill_min_tokens": 0}},
+    "pd-local": {"router": {"remote_prefill_min_tokens": 10**9}},
+    "pd-2p-affinity": {"router": {"prefill_replica_choice": "prefix_affinity"}, "prefill": _TWO_PREFILL},
+    "pd-2p-pow2": {"router": {"prefill_replica_choice": "power_of_two"}, "prefill": _TWO_PREFILL},
+}
+"""Extra kinds (not run by default): P/D with these config fields set."""
 READY_TIMEOUT_S = 900
 
 
@@ -36,13 +45,16 @@ class Server:
     url: str
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    metrics_url: str | None = None
+    """Ray's Prometheus export of a pdserve server (pool-wide engine counters)."""
 
     def stop(self, timeout_s: float = 180) -> None:
         if self.proc is not None:  # a `--target` server is not ours to stop
             interrupt(self.proc, timeout_s)
 
 
-def command(kind: str, model_dir: str, served_name: str, port: int, dtype: str) -> list[str]:
+def command(kind: str, model_dir: str, served_name: str, port: int, dtype: str,
+            metrics_port: int | None = None) -> list[str]:
     if kind == "bare":
         return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
                 "--served-model-name", served_name, "--port", str(port), "--host", "127.0.0.1", "--dtype", dtype,
@@ -50,14 +62,12 @@ def command(kind: str, model_dir: str, served_name: str, port: int, dtype: str) 
     if kind == "rayllm":
         return [sys.executable, "-m", "serving.bench.rayllm", "--model", model_dir, "--served-name", served_name,
                 "--port", str(port), "--dtype", dtype]
-    if kind not in ("colocated", "pd", *PD_THRESHOLDS):
-        raise ValueError(f"unknown server kind {kind!r} (have {', '.join(KINDS + tuple(PD_THRESHOLDS))})")
+    if kind not in ("colocated", "pd", *PD_VARIANTS):
+        raise ValueError(f"unknown server kind {kind!r} (have {', '.join(KINDS + tuple(PD_VARIANTS))})")
     mode = "colocated" if kind == "colocated" else "disaggregated"
-    config: dict = {"model": {"served_name": served_name, "dtype": dtype}}
-    if kind in PD_THRESHOLDS:
-        config["router"] = {"remote_prefill_min_tokens": PD_THRESHOLDS[kind]}
+    config: dict = {"model": {"served_name": served_name, "dtype": dtype}, **PD_VARIANTS.get(kind, {})}
     return [sys.executable, "-m", "serving.cli", "up", "--model", model_dir, "--mode", mode, "--port", str(port),
-            "--metrics-port", str(free_port()), "--config", str(_pdserve_config(config))]
+            "--metrics-port", str(metrics_port or free_port()), "--config", str(_pdserve_config(config))]
 
 
 def _pdserve_config(config: dict) -> Path:
@@ -72,14 +82,16 @@ def _pdserve_config(config: dict) -> Path:
 
 def start(kind: str, model_dir: str, served_name: str, dtype: str, log_dir: Path) -> Server:
     """Start one server; returns at once (see `wait_ready`)."""
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     log_path = log_dir / f"{kind}.log"
     # Each of them binds the model like `vllm serve` does unless told otherwise; the KV cache is 1 GiB for all.
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command(kind, model_dir, served_name, port, dtype), stdout=log,
+        proc = subprocess.Popen(command(kind, model_dir, served_name, port, dtype, metrics_port), stdout=log,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    return Server(kind, f"http://127.0.0.1:{port}", proc, log_path)
+    pdserve = kind == "colocated" or kind.startswith("pd")
+    return Server(kind, f"http://127.0.0.1:{port}", proc, log_path,
+                  f"http://127.0.0.1:{metrics_port}/metrics" if pdserve else None)
 
 
 def wait_ready(server: Server, served_name: str, timeout_s: float = READY_TIMEOUT_S) -> None:

@@ -87,3 +87,22 @@ def test_length_sweep_runs_only_when_named(tmp_path):
     assert sweep and not any(found[name].default for name in sweep)
     argv = found["len256"].clients[0].argv
     assert argv[argv.index("--random-input-len") + 1] == "256" and argv[argv.index("--max-concurrency") + 1] == "1"
+
+
+def test_two_prefill_servers_differ_only_in_the_prefill_replica_choice():
+    import yaml
+
+    from serving.config import PDServeConfig
+
+    def config(kind):
+        argv = command(kind, "/m", "name", 9006, "bfloat16", metrics_port=9100)
+        assert argv[argv.index("--metrics-port") + 1] == "9100"
+        return PDServeConfig.model_validate(yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text()))
+
+    affinity, pow2 = config("pd-2p-affinity"), config("pd-2p-pow2")
+    assert affinity.prefill.replicas.min == affinity.prefill.replicas.max == 2
+    assert (affinity.router.prefill_replica_choice, pow2.router.prefill_replica_choice) == (
+        "prefix_affinity", "power_of_two")
+    # the pool keeps its placement when the variant sets its replicas
+    assert affinity.prefill.resources.resources == PDServeConfig().prefill.resources.resources
+    assert affinity.prefill.model_dump() == pow2.prefill.model_dump()
