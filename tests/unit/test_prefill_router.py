@@ -122,3 +122,45 @@ def test_prefix_hashes_are_the_same_in_every_process():
     runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
     assert len(runs) == 1 and runs != {""}, runs
+
+
+def test_the_serve_router_ranks_the_held_replica_first_records_where_requests_went_and_heeds_queues(monkeypatch):
+    """`PrefixAffinityRouter` as Serve drives it: `choose_replicas` ranks, `on_request_routed` records, the
+    queue-length cache overrides, `update_replicas` forgets replicas that left."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from ray.serve._private.common import DeploymentHandleSource, DeploymentID
+    from ray.serve.request_router import ReplicaID, RequestRouter
+
+    from serving.prefill_router import PrefixAffinityRouter
+
+    dep = DeploymentID(name="PrefillServer", app_name="pdserve")
+    replicas = [SimpleNamespace(replica_id=ReplicaID(unique_id=u, deployment_id=dep), max_ongoing_requests=8)
+                for u in ("a", "b", "c")]
+    body = chat("Where do class C ships moor?")
+
+    def pending(b):
+        return SimpleNamespace(args=["chat", b], kwargs={})
+
+    async def scenario():
+        router = PrefixAffinityRouter(deployment_id=dep, handle_source=DeploymentHandleSource.UNKNOWN,
+                                      use_replica_queue_len_cache=True)
+        router.initialize_state(imbalance_max=2)
+        ranks = await router.choose_replicas(replicas, pending(body))
+        first = ranks[0][0]
+        assert sorted(r.replica_id.unique_id for rank in ranks for r in rank) == ["a", "b", "c"]
+        # Say Serve sent it elsewhere (the first choice was full): the next turn follows where it went.
+        went = next(r for r in replicas if r is not first)
+        router.on_request_routed(pending(body), went.replica_id, None)
+        follow_up = chat("Where do class C ships moor?", "And class D?")
+        assert (await router.choose_replicas(replicas, pending(follow_up)))[0] == [went]
+        router.replica_queue_len_cache.update(went.replica_id, 5)  # 5 deeper than the idle others
+        ranks = await router.choose_replicas(replicas, pending(follow_up))
+        assert ranks[0] == [] and len(ranks[1]) == 2  # no preference: Serve's two at random, the shorter queue
+        assert (await router.choose_replicas(replicas, pending({"model": "m"})))[0] == []
+        monkeypatch.setattr(RequestRouter, "update_replicas", lambda self, rs: None)
+        router.update_replicas([r for r in replicas if r is not went])
+        assert went.replica_id not in router.indexes
+
+    asyncio.run(scenario())
