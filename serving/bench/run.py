@@ -118,6 +118,11 @@ def _sum(text: str, name: str, label: str = "") -> float:
 
 def measure(server: servers_lib.Server, workload: Workload, tokenizer: str) -> dict[str, Any]:
     before = engine_counters(server)
+    for _ in range(6):  # just after start-up a remote pool may not be listed as running yet
+        if before is not None:
+            break
+        time.sleep(5)
+        before = engine_counters(server)
     try:
         result = run_workload(server.url, workload, tokenizer)
     except Exception as exc:

@@ -72,6 +72,15 @@ def workloads(engine: str, work_dir: Path, shared_traces: Path | None) -> dict[s
     for length in PROMPT_LENGTHS:
         found[f"len{length}"] = Workload(f"len{length}", f"concurrency 1, {length}-token prompts, 2 output tokens",
                                          (_random(1, 8 if fast else 6, length, 2, warmups=2),), default=False)
+    # Conversations sharing system prompts: 4 prefixes of 512 tokens (4 whole KV blocks on CPU, 32 on GPU), each
+    # with its own 64-token questions, shuffled; prefix cache hit rate and TTFT of the pool computing prompts,
+    # e.g. two prefill replicas chosen by prefix affinity or at random (docs/routing.md).
+    found["shared"] = Workload("shared", "4 system prompts of 512 tokens shared by 24 (48) requests, 64-token "
+                               "questions, 16 output tokens, concurrency 4", (Client((
+                                   "--dataset-name", "prefix_repetition", "--prefix-repetition-prefix-len", "512",
+                                   "--prefix-repetition-suffix-len", "64", "--prefix-repetition-num-prefixes", "4",
+                                   "--prefix-repetition-output-len", "16", "--num-prompts", "48" if fast else "24",
+                                   "--max-concurrency", "4", "--num-warmups", "0")),), reports_hit_rate=True)
     if fast:
         found["c32"] = Workload("c32", "concurrency 32, 200-token prompts, 64 output tokens",
                                 (_random(32, 128, 200, 64),))

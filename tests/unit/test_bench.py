@@ -106,3 +106,20 @@ def test_two_prefill_servers_differ_only_in_the_prefill_replica_choice():
     # the pool keeps its placement when the variant sets its replicas
     assert affinity.prefill.resources.resources == PDServeConfig().prefill.resources.resources
     assert affinity.prefill.model_dump() == pow2.prefill.model_dump()
+
+
+def test_shared_prefix_workload_is_vllms_prefix_repetition_with_whole_cpu_blocks(tmp_path):
+    shared = workloads("builtin", tmp_path, None)["shared"]
+    argv = shared.clients[0].argv
+    assert argv[argv.index("--dataset-name") + 1] == "prefix_repetition" and shared.reports_hit_rate
+    assert int(argv[argv.index("--prefix-repetition-prefix-len") + 1]) % 128 == 0  # vLLM's block on CPU
+
+
+def test_the_shared_workload_parses_with_vllms_benchmark_arguments(tmp_path):
+    from vllm.benchmarks.serve import add_cli_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    add_cli_args(parser)
+    args = parser.parse_args(["--model", "m", *workloads("builtin", tmp_path, None)["shared"].clients[0].argv])
+    assert (args.prefix_repetition_num_prefixes, args.max_concurrency) == (4, 4)
