@@ -118,7 +118,7 @@ def _sum(text: str, name: str, label: str = "") -> float:
 
 def measure(server: servers_lib.Server, workload: Workload, tokenizer: str) -> dict[str, Any]:
     before = engine_counters(server)
-    for _ in range(6):  # just after start-up a remote pool may not be listed as running yet
+    for _ in range(24):  # just after start-up a remote pool may not be listed as running for a minute
         if before is not None:
             break
         time.sleep(5)
