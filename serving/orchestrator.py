@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from serving.config import PDServeConfig
 from serving.kv import prefill_request
 from serving.protocol import Endpoint, LegReply, error_body, error_reply
-from serving.routing import Plan, PrefixIndex, plan_before_render, plan_by_length
+from serving.routing import Plan, PrefixIndex, block_hashes, plan_before_render, plan_by_length
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +214,9 @@ class DisaggregatedOrchestrator(Orchestrator):
         token_ids = await self.local.prompt_token_ids(endpoint, request)
         if token_ids is None:
             return plan_by_length(self.config, None)
-        plan = plan_by_length(self.config, len(token_ids), self.prefix.cached_tokens(token_ids))
-        self.prefix.record(token_ids)
+        hashes = block_hashes(token_ids, self.prefix.block_size)  # once, for the lookup and the record
+        plan = plan_by_length(self.config, len(token_ids), self.prefix.matched_blocks(hashes) * self.prefix.block_size)
+        self.prefix.record_blocks(hashes)
         return plan
 
     async def _prefill(self, endpoint: Endpoint, body: dict[str, Any], session: str | None = None) -> LegReply:

@@ -45,13 +45,6 @@ class PrefixIndex:
         self.capacity = max(1, capacity_blocks)
         self.blocks: OrderedDict[int, None] = OrderedDict()
 
-    def cached_tokens(self, token_ids: Sequence[int]) -> int:
-        """Tokens at the start of the prompt in blocks this replica holds (whole blocks, as vLLM caches them)."""
-        return self.matched_blocks(block_hashes(token_ids, self.block_size)) * self.block_size
-
-    def record(self, token_ids: Sequence[int]) -> None:
-        self.record_blocks(block_hashes(token_ids, self.block_size))
-
     def matched_blocks(self, hashes: Sequence[int]) -> int:
         """How many of the chained block hashes, from the first, this index holds (they count as just used)."""
         hits = 0

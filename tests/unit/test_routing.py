@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from serving.config import PDServeConfig
-from serving.routing import PrefixIndex, plan_by_length
+from serving.routing import PrefixIndex, block_hashes, plan_by_length
 
 
 def config(threshold: int) -> PDServeConfig:
@@ -31,8 +31,18 @@ def test_threshold_zero_or_an_unknown_length_disaggregates():
     assert plan_by_length(config(100), None).path == "disaggregated"
 
 
+class TokenIndex(PrefixIndex):
+    """The index as the orchestrator uses it, by token ids."""
+
+    def cached_tokens(self, token_ids):
+        return self.matched_blocks(block_hashes(token_ids, self.block_size)) * self.block_size
+
+    def record(self, token_ids):
+        self.record_blocks(block_hashes(token_ids, self.block_size))
+
+
 def test_the_prefix_index_counts_whole_blocks_of_a_shared_start_only():
-    index = PrefixIndex(block_size=4, capacity_blocks=100)
+    index = TokenIndex(block_size=4, capacity_blocks=100)
     system = list(range(10))  # two whole blocks and a part
     index.record(system + [100, 101, 102, 103, 104])
     assert index.cached_tokens(system + [100, 101, 102, 103, 104]) == 12  # 15 tokens: three whole blocks
@@ -42,13 +52,13 @@ def test_the_prefix_index_counts_whole_blocks_of_a_shared_start_only():
 
 
 def test_a_block_is_only_a_hit_after_the_same_blocks_before_it():
-    index = PrefixIndex(block_size=2, capacity_blocks=100)
+    index = TokenIndex(block_size=2, capacity_blocks=100)
     index.record([1, 2, 3, 4])
     assert index.cached_tokens([9, 9, 3, 4]) == 0  # same second block, different first
 
 
 def test_the_least_recently_used_blocks_go_first_past_the_capacity():
-    index = PrefixIndex(block_size=2, capacity_blocks=4)
+    index = TokenIndex(block_size=2, capacity_blocks=4)
     old, hot = [1, 2, 3, 4], [5, 6, 7, 8]
     index.record(old)
     index.record(hot)
