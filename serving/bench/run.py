@@ -80,7 +80,7 @@ def engine_counters(server: servers_lib.Server) -> dict[str, float] | None:
             text = httpx.get(f"{server.url}/metrics", timeout=30).text
             return {"queries": _sum(text, "vllm:prefix_cache_queries_total"),
                     "hits": _sum(text, "vllm:prefix_cache_hits_total")}
-        if server.name == "colocated" or server.name.startswith("pd"):
+        if servers_lib.is_pdserve(server.name):
             stats = httpx.get(f"{server.url}/pdserve/stats", timeout=30).json()
             computing = stats.get("prefill") or stats.get("colocated")
             decode = stats.get("decode", {})
@@ -118,7 +118,9 @@ def _sum(text: str, name: str, label: str = "") -> float:
 
 def measure(server: servers_lib.Server, workload: Workload, tokenizer: str) -> dict[str, Any]:
     before = engine_counters(server)
-    for _ in range(24):  # just after start-up a remote pool may not be listed as running for a minute
+    for _ in range(24 if servers_lib.is_pdserve(server.name) else 0):
+        # Just after start-up a remote pool may not be listed as running for a minute (other kinds may have
+        # no counters at all: Ray Serve LLM's app).
         if before is not None:
             break
         time.sleep(5)

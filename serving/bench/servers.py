@@ -53,6 +53,11 @@ class Server:
             interrupt(self.proc, timeout_s)
 
 
+def is_pdserve(kind: str) -> bool:
+    """A `pdserve up` server (it answers /pdserve/stats and exports Ray's metrics)."""
+    return kind == "colocated" or kind.startswith("pd")
+
+
 def command(kind: str, model_dir: str, served_name: str, port: int, dtype: str,
             metrics_port: int | None = None) -> list[str]:
     if kind == "bare":
@@ -89,9 +94,8 @@ def start(kind: str, model_dir: str, served_name: str, dtype: str, log_dir: Path
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command(kind, model_dir, served_name, port, dtype, metrics_port), stdout=log,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    pdserve = kind == "colocated" or kind.startswith("pd")
     return Server(kind, f"http://127.0.0.1:{port}", proc, log_path,
-                  f"http://127.0.0.1:{metrics_port}/metrics" if pdserve else None)
+                  f"http://127.0.0.1:{metrics_port}/metrics" if is_pdserve(kind) else None)
 
 
 def wait_ready(server: Server, served_name: str, timeout_s: float = READY_TIMEOUT_S) -> None:

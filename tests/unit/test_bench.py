@@ -123,3 +123,18 @@ def test_the_shared_workload_parses_with_vllms_benchmark_arguments(tmp_path):
     add_cli_args(parser)
     args = parser.parse_args(["--model", "m", *workloads("builtin", tmp_path, None)["shared"].clients[0].argv])
     assert (args.prefix_repetition_num_prefixes, args.max_concurrency) == (4, 4)
+
+
+def test_a_server_without_pdserve_counters_is_measured_at_once(monkeypatch):
+    from serving.bench import run
+    from serving.bench.servers import Server
+    from serving.bench.workloads import Workload
+
+    def no_wait(_):
+        raise AssertionError("waited for counters a Ray Serve LLM app never has")
+
+    monkeypatch.setattr(run.time, "sleep", no_wait)
+    monkeypatch.setattr(run, "engine_counters", lambda server: None)
+    monkeypatch.setattr(run, "run_workload", lambda url, workload, tokenizer: {"median_ttft_ms": 5.0})
+    row = run.measure(Server("rayllm", "http://127.0.0.1:1"), Workload("c1", "c1", ()), "tok")
+    assert row["median_ttft_ms"] == 5.0
