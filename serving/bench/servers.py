@@ -7,7 +7,11 @@
   or none (decode computes every prompt): the two sides of the threshold, measured per prompt length by the
   `len*` workloads (docs/routing.md).
 - `pd-2p-affinity`, `pd-2p-pow2`: P/D with two prefill replicas, the prefill replica chosen by prefix cache
-  (`serving.prefill_router`) or by Serve's default router; the `prefix` workload compares them.
+  (`serving.prefill_router`) or by Serve's default router; the `shared` and `shared-spill` workloads compare them.
+  Each prefill replica's KV cache holds `PREFILL_CACHE_BLOCKS` blocks, so that the `shared-spill` system prompts
+  outgrow one replica's cache and fit the pool's when each stays on one replica: the regime of a production pool,
+  where the conversations and system prompts in flight outgrow one replica's cache, scaled down to what a CPU
+  computes in minutes.
 
 `pdserve bench` runs one of them at a time, each in its own process group, stopped (SIGINT, as Ctrl-C) before the
 next starts.
@@ -27,8 +31,11 @@ from serving.kv import free_port
 from serving.local import interrupt
 
 KINDS = ("bare", "rayllm", "colocated", "pd")
+PREFILL_CACHE_BLOCKS = 28
+"""KV blocks of each prefill replica in the two-replica kinds (vLLM's `num_gpu_blocks_override`; 3584 tokens on
+CPU, whose block is 128 tokens): 16 blocks of system prompts and the blocks of the requests in flight."""
 _TWO_PREFILL = {"replicas": {"min": 2, "max": 2}, "resources": {"resources": {"pdserve_prefill": 1}},
-                "cpu": {"threads_bind": "0"}}
+                "cpu": {"threads_bind": "0"}, "engine_args": {"num_gpu_blocks_override": PREFILL_CACHE_BLOCKS}}
 PD_VARIANTS: dict[str, dict] = {
     "pd-remote": {"router": {"remote_prefill_min_tokens": 0}},
     "pd-local": {"router": {"remote_prefill_min_tokens": 10**9}},

@@ -58,6 +58,21 @@ def _trace(path: Path, prompts: int, chunk_tokens: int, slo: dict[str, int] | No
     return Client(tuple(argv))
 
 
+SHARED_PREFIX_TOKENS = 512
+"""Four whole KV blocks on CPU (128 tokens each), 32 on GPU (16)."""
+
+
+def _shared(name: str, prefixes: int, per_prefix: int, what: str) -> Workload:
+    """vLLM's `prefix_repetition`: `prefixes` system prompts, each with `per_prefix` own 64-token questions,
+    shuffled; 16 output tokens, concurrency 4. Reports the prompt-computing pool's prefix cache hit rate."""
+    prompts = prefixes * per_prefix
+    return Workload(name, f"{what % prompts}, 64-token questions, 16 output tokens, concurrency 4", (Client((
+        "--dataset-name", "prefix_repetition", "--prefix-repetition-prefix-len", str(SHARED_PREFIX_TOKENS),
+        "--prefix-repetition-suffix-len", "64", "--prefix-repetition-num-prefixes", str(prefixes),
+        "--prefix-repetition-output-len", "16", "--num-prompts", str(prompts), "--max-concurrency", "4",
+        "--num-warmups", "0")),), reports_hit_rate=True)
+
+
 def workloads(engine: str, work_dir: Path, shared_traces: Path | None) -> dict[str, Workload]:
     """The workloads for `engine` (`stand-in`: GPU-speed steps; `builtin`: SmolLM2 at CPU speed)."""
     fast = engine == "stand-in"
@@ -72,15 +87,15 @@ def workloads(engine: str, work_dir: Path, shared_traces: Path | None) -> dict[s
     for length in PROMPT_LENGTHS:
         found[f"len{length}"] = Workload(f"len{length}", f"concurrency 1, {length}-token prompts, 2 output tokens",
                                          (_random(1, 8 if fast else 6, length, 2, warmups=2),), default=False)
-    # Conversations sharing system prompts: 4 prefixes of 512 tokens (4 whole KV blocks on CPU, 32 on GPU), each
-    # with its own 64-token questions, shuffled; prefix cache hit rate and TTFT of the pool computing prompts,
-    # e.g. two prefill replicas chosen by prefix affinity or at random (docs/routing.md).
-    found["shared"] = Workload("shared", "4 system prompts of 512 tokens shared by 24 (48) requests, 64-token "
-                               "questions, 16 output tokens, concurrency 4", (Client((
-                                   "--dataset-name", "prefix_repetition", "--prefix-repetition-prefix-len", "512",
-                                   "--prefix-repetition-suffix-len", "64", "--prefix-repetition-num-prefixes", "4",
-                                   "--prefix-repetition-output-len", "16", "--num-prompts", "48" if fast else "24",
-                                   "--max-concurrency", "4", "--num-warmups", "0")),), reports_hit_rate=True)
+    # Conversations sharing system prompts, each with its own questions: prefix cache hit rate and TTFT of the
+    # pool computing prompts, e.g. two prefill replicas chosen by prefix affinity or at random (docs/routing.md).
+    found["shared"] = _shared("shared", prefixes=4, per_prefix=12 if fast else 6,
+                              what="4 system prompts of 512 tokens shared by %d requests")
+    # The same with 8 system prompts: 32 prefix blocks, more than one prefill replica's cache of the two-replica
+    # servers holds (`servers.PREFILL_CACHE_BLOCKS`) and what the pool holds when each prompt stays on one replica.
+    found["shared-spill"] = _shared("shared-spill", prefixes=8, per_prefix=8 if fast else 6,
+                                    what="8 system prompts of 512 tokens (more than a 2p prefill replica's "
+                                         "cache holds) shared by %d requests")
     if fast:
         found["c32"] = Workload("c32", "concurrency 32, 200-token prompts, 64 output tokens",
                                 (_random(32, 128, 200, 64),))

@@ -138,3 +138,16 @@ def test_a_server_without_pdserve_counters_is_measured_at_once(monkeypatch):
     monkeypatch.setattr(run, "run_workload", lambda url, workload, tokenizer: {"median_ttft_ms": 5.0})
     row = run.measure(Server("rayllm", "http://127.0.0.1:1"), Workload("c1", "c1", ()), "tok")
     assert row["median_ttft_ms"] == 5.0
+
+
+def test_the_spill_workload_outgrows_one_prefill_replica_and_fits_two(tmp_path):
+    """Prefix affinity can only beat a random choice on hit rate where one replica cannot hold every system
+    prompt: the `shared-spill` prompts must outgrow one two-replica server's prefill cache, and half of them fit."""
+    from serving.bench.servers import PREFILL_CACHE_BLOCKS, PD_VARIANTS
+
+    argv = workloads("builtin", tmp_path, None)["shared-spill"].clients[0].argv
+    blocks_per_prefix = int(argv[argv.index("--prefix-repetition-prefix-len") + 1]) // 128
+    prefix_blocks = int(argv[argv.index("--prefix-repetition-num-prefixes") + 1]) * blocks_per_prefix
+    assert prefix_blocks > PREFILL_CACHE_BLOCKS >= prefix_blocks // 2 + 4 * (blocks_per_prefix + 1) // 2
+    for kind in ("pd-2p-affinity", "pd-2p-pow2"):
+        assert PD_VARIANTS[kind]["prefill"]["engine_args"] == {"num_gpu_blocks_override": PREFILL_CACHE_BLOCKS}
