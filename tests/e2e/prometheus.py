@@ -83,8 +83,7 @@ class Prometheus:
 
     def scrapes(self) -> int:
         """Successful scrapes of the stack so far."""
-        return int(sum(float(s["value"][1]) for s in self.query("count_over_time(up[1h])")
-                       if s["metric"].get("job") == "pdserve"))
+        return int(sum(self.finite_values('count_over_time(up{job="pdserve"}[1h])')))
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -97,8 +96,7 @@ class Prometheus:
 
 def start(metrics_port: int, work_dir: Path, timeout_s: float = 60) -> Prometheus:
     """Prometheus scraping `127.0.0.1:metrics_port` every second and evaluating the shipped rules every second."""
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus not installed: `scripts/install.sh cpu,test` installs Debian's prometheus package"
+    assert installed(), "prometheus not installed: `scripts/install.sh cpu,test` installs Debian's prometheus package"
     (work_dir / "rules.yaml").write_text(yaml.safe_dump({"groups": rule_groups()}))
     (work_dir / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": f"{SCRAPE_INTERVAL_S}s", "evaluation_interval": f"{SCRAPE_INTERVAL_S}s"},
@@ -106,10 +104,11 @@ def start(metrics_port: int, work_dir: Path, timeout_s: float = 60) -> Prometheu
         "scrape_configs": [{"job_name": "pdserve", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}],
     }))
     port = free_port()
-    log = open(work_dir / "prometheus.log", "wb")
-    proc = subprocess.Popen([binary, f"--config.file={work_dir / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={work_dir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=work_dir)
+    with open(work_dir / "prometheus.log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(["prometheus", f"--config.file={work_dir / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={work_dir / 'data'}",
+                                 f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=work_dir)
     server = Prometheus(f"http://127.0.0.1:{port}", proc)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
