@@ -3,15 +3,12 @@ panel (alert) must exist and its query must read that metric."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-import yaml
+from tests.e2e.prometheus import dashboard_queries, rule_groups
 
-ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "metrics.md"
-MONITORING = ROOT / "deploy" / "monitoring"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
 
 def documented_uses() -> dict[str, str]:
@@ -26,14 +23,15 @@ def documented_uses() -> dict[str, str]:
 
 
 def panel_queries() -> dict[str, str]:
-    panels = json.loads((MONITORING / "grafana-dashboard.json").read_text())["panels"]
-    return {p["title"]: " ".join(t["expr"] for t in p.get("targets", [])) for p in panels}
+    queries: dict[str, str] = {}
+    for title, expr in dashboard_queries():
+        queries[title] = f"{queries.get(title, '')} {expr}"
+    return queries
 
 
 def alert_queries() -> dict[str, str]:
     """alert -> its expression with every recorded series it reads spelled out."""
-    rules = [r for g in yaml.safe_load((MONITORING / "pdserve-alerts.yaml").read_text())["spec"]["groups"]
-             for r in g["rules"]]
+    rules = [r for g in rule_groups() for r in g["rules"]]
     recorded = {r["record"]: r["expr"] for r in rules if "record" in r}
     out = {}
     for rule in rules:
