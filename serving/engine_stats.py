@@ -37,6 +37,8 @@ class EngineCounters:
     """Requests handed to this (decode) engine with KV to pull over NIXL."""
     kv_pulls_skipped: int = 0
     """Decode requests that reached the engine after their KV pull deadline, which recomputed their prompt."""
+    prompt_renders_reused: int = 0
+    """Requests whose engine leg took the routing plan's render of the prompt instead of rendering it again."""
     last_reply_at: float = 0.0
     """Wall-clock time this replica last finished a unary leg (the prefill leg: when its KV lease started)."""
     kv_connector_raw: dict[str, Any] = field(default_factory=dict)

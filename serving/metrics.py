@@ -46,8 +46,8 @@ class RouterMetrics:
         self.e2e = metrics.Histogram("pdserve_e2e_latency_seconds", "Request latency, arrival to last byte.",
                                      LATENCY_BUCKETS, tag_keys=keys)
         self.stage = metrics.Histogram("pdserve_ttft_stage_seconds",
-                                       "TTFT by stage: router, prefill (queue included), decode_first_token "
-                                       "(KV pull + first step).", LATENCY_BUCKETS, tag_keys=(*keys, "stage"))
+                                       "TTFT by stage: plan (prompt render + prefix lookup), prefill (queue "
+                                       "included), decode_first_token (KV pull + first step).", LATENCY_BUCKETS, tag_keys=(*keys, "stage"))
         self.requests = metrics.Counter("pdserve_requests_total", "Requests by outcome.",
                                         tag_keys=(*keys, "endpoint", "outcome"))
         self.in_flight = metrics.Gauge("pdserve_in_flight_requests", "Requests inside the router now.",

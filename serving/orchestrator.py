@@ -37,7 +37,8 @@ class Outcome:
     replicas: dict[str, str] = field(default_factory=dict)
     plan: Plan = Plan("disaggregated", "")
     stages: dict[str, float] = field(default_factory=dict)
-    """Seconds spent in TTFT stages that end before the decode engine has the request (`prefill`)."""
+    """Seconds spent in TTFT stages that end before the decode engine has the request (`plan`: the prompt's render
+    and prefix lookup; `prefill`)."""
     decode_started: float | None = None
     """perf_counter() when the request was handed to the local engine; the first token is timed from it."""
     dropped_usage: bool = False
@@ -177,8 +178,10 @@ class DisaggregatedOrchestrator(Orchestrator):
 
     async def __call__(self, endpoint: Endpoint, request: Any, body: dict[str, Any],
                        raw_request: Any = None) -> Outcome:
+        started = time.perf_counter()
         plan = await self.plan(endpoint, request)
         outcome = Outcome(LegReply(0, None, NO_REPLICA), replicas={"prefill": NO_REPLICA}, plan=plan)
+        outcome.stages["plan"] = time.perf_counter() - started
         if plan.path == "decode_only":
             return await self._local(endpoint, request, outcome, raw_request)
 

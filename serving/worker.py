@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from serving import render_once
 from serving.config import PDServeConfig, Role
 from serving.engine_args import engine_arg_values, parse_vllm_args, to_cli
 from serving.kv import kv_pull_deadline, replica_env
@@ -125,7 +126,13 @@ class LLMServer:
         self.state = State()
         # vLLM's serving layer gets the engine through `ClockedEngine`, so unary replies are timed too.
         await init_app_state(ClockedEngine(self.engine), self.state, args, await self.engine.get_supported_tasks())
+        for endpoint, serving in (("chat", self.state.openai_serving_chat),
+                                  ("completions", self.state.openai_serving_completion)):
+            render_once.install(serving, endpoint, self._count_reused_render)
         log.info("pdserve: %s replica %s ready (pid %d)", role, self.replica, os.getpid())
+
+    def _count_reused_render(self) -> None:
+        self.counters.prompt_renders_reused += 1
 
     async def __serve_build_asgi_app__(self):
         """The HTTP app of an ingress replica (Serve calls this once the constructor has run)."""
@@ -180,6 +187,7 @@ class LLMServer:
     async def prompt_token_ids(self, endpoint: Endpoint, request: Any) -> list[int] | None:
         """The prompt's token ids as this engine will see them (vLLM's renderer: chat template, tools,
         tokenizer), for the plan; None when the request does not render (decode's engine leg answers the error).
+        The render is kept for this request's engine leg (`serving.render_once`).
         """
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
@@ -207,6 +215,7 @@ class LLMServer:
             return None
         if isinstance(result, ErrorResponse):
             return None
+        render_once.keep(endpoint, request, result)
         engine_inputs = result[1] if isinstance(result, tuple) else result
         if len(engine_inputs) != 1:  # a batch of prompts (completions): one plan cannot fit each
             return None

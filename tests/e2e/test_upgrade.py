@@ -216,12 +216,13 @@ def chat(stack, **kw):
 def test_short_and_cached_prompts_skip_the_prefill_hop_long_ones_take_it(pd_stack):
     """With `remote_prefill_min_tokens` set by the reload: a short prompt runs on decode alone (header, reason,
     metric, engine counters); a long one goes through prefill and decode imports its KV over NIXL; the next turn
-    of that conversation, whose long system prompt decode now holds, runs on decode alone from decode's cache."""
+    of that conversation, whose long system prompt decode now holds, runs on decode alone from decode's cache.
+    Decode renders each prompt once: the engine leg takes the plan's render."""
     reloaded_once(pd_stack)
     client = openai.OpenAI(base_url=pd_stack.api_url, api_key="unused", max_retries=0, timeout=300)
     metrics_before = settled(pd_stack)
 
-    before = pd_stack.stats()
+    start = before = pd_stack.stats()
     short = client.completions.with_raw_response.create(model=MODEL, prompt="The capital of France is",
                                                         max_tokens=4, temperature=0)
     assert short.headers["x-pdserve-path"] == "decode_only", short.headers
@@ -247,6 +248,8 @@ def test_short_and_cached_prompts_skip_the_prefill_hop_long_ones_take_it(pd_stac
     after = pd_stack.stats()
     # vLLM keeps the blocks decode imported over NIXL in its prefix cache: the second turn reads them there.
     assert after["decode"]["prefix_cache_hits"] - before["decode"]["prefix_cache_hits"] >= 128, after["decode"]
+    # Each prompt was rendered once on decode, for the plan; the engine leg took that render (serving.render_once).
+    assert after["decode"]["prompt_renders_reused"] - start["decode"]["prompt_renders_reused"] == 3, after["decode"]
 
     metrics_after = settled(pd_stack)
     moved = {path: total(metrics_after, "ray_pdserve_requests_total", path=path)
