@@ -47,7 +47,8 @@ class RouterMetrics:
                                      LATENCY_BUCKETS, tag_keys=keys)
         self.stage = metrics.Histogram("pdserve_ttft_stage_seconds",
                                        "TTFT by stage: plan (prompt render + prefix lookup), prefill (queue "
-                                       "included), decode_first_token (KV pull + first step).", LATENCY_BUCKETS, tag_keys=(*keys, "stage"))
+                                       "included), decode_first_token (KV pull + first step).", LATENCY_BUCKETS,
+                                       tag_keys=(*keys, "stage"))
         self.requests = metrics.Counter("pdserve_requests_total", "Requests by outcome.",
                                         tag_keys=(*keys, "endpoint", "outcome"))
         self.in_flight = metrics.Gauge("pdserve_in_flight_requests", "Requests inside the router now.",

@@ -6,7 +6,7 @@ tokenization on one renderer thread (`renderer_num_workers`, 1 by default), so a
 the engine leg's renders queue behind each other on it (measured: the plan stage took ~90 ms a request at c16 on
 the GPU-speed stand-in, docs/performance.md).
 
-`PlannedRender` keeps the plan's render for the one request it belongs to, in a context variable: the plan and
+This module keeps the plan's render for the one request it belongs to, in a context variable: the plan and
 the engine leg run in the same request task (asyncio copies the context into the tasks it starts), so no other
 request can see it, and it is handed over at most once. vLLM's serving objects get a `render_*_request` that
 returns it for that request and renders as before for any other.
@@ -42,7 +42,8 @@ def take(endpoint: str, request: Any) -> Any | None:
 
 def install(serving: Any, endpoint: str, on_reuse: Callable[[], None] = lambda: None) -> None:
     """Make `serving` (vLLM's `OpenAIServingChat` / `OpenAIServingCompletion`) take the plan's render when its
-    request has one (`on_reuse` counts those). A model without that endpoint has no serving object (None): nothing to do."""
+    request has one (`on_reuse` counts those). A model without that endpoint has no serving object (None):
+    nothing to do."""
     if serving is None:
         return
     name = RENDERERS[endpoint]
